@@ -1,0 +1,28 @@
+"""The `whatsdex` command line: one Typer app, one module per group of commands."""
+
+from __future__ import annotations
+
+import os
+
+import typer
+
+from whatsdex.cli import database, doctor, serve
+
+app = typer.Typer(
+    name="whatsdex",
+    help="WhatsDeX: a self-hosted, multi-tenant WhatsApp gateway.",
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    add_completion=False,
+)
+app.command()(serve.serve)
+app.command()(database.migrate)
+app.command()(database.version)
+app.command()(doctor.doctor)
+app.command("engine-check", hidden=True)(doctor.engine_check)
+
+
+def main() -> None:
+    # Everything WhatsDeX writes (database, keys, backups) is for its own user only.
+    os.umask(0o077)
+    app()

@@ -1,0 +1,102 @@
+"""`whatsdex serve`: one process with the dashboard, the API and every background service."""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+from typing import Annotated
+
+import typer
+import uvicorn
+
+from whatsdex import logs
+from whatsdex.app import create_app
+from whatsdex.cli.common import DataDir, fail, friendly, settings_from
+from whatsdex.settings import DESCRIPTIONS, Settings
+from whatsdex.store import migrations
+from whatsdex.store.lock import DataDirLock
+
+
+def _opt(name: str, flag: str) -> typer.models.OptionInfo:
+    env = "WHATSDEX_" + name.upper()
+    return typer.Option(flag, help=f"{DESCRIPTIONS[name]} [env: {env}]", show_default=False)
+
+
+class _Server(uvicorn.Server):
+    """Uvicorn that announces the dashboard URL once it really listens."""
+
+    def __init__(self, config: uvicorn.Config, settings: Settings, port: int) -> None:
+        super().__init__(config)
+        self.settings = settings
+        self.port = port
+
+    async def startup(self, sockets: list[socket.socket] | None = None) -> None:
+        await super().startup(sockets)
+        if self.started:
+            # With --port 0 the kernel chose the port: announce the real one.
+            url = dataclasses.replace(self.settings, port=self.port).base_url
+            typer.echo(f"WhatsDeX is ready: {url}/", err=True)
+
+
+def _bind(host: str, port: int) -> socket.socket:
+    """Bind before starting anything, so a busy port is one clear error and nothing is opened."""
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as exc:
+        sock.close()
+        raise fail(f"cannot listen on {host}:{port}: {exc.strerror}") from None
+    sock.listen(2048)
+    sock.set_inheritable(True)
+    return sock
+
+
+@friendly
+def serve(
+    data_dir: DataDir = None,
+    host: Annotated[str | None, _opt("host", "--host")] = None,
+    port: Annotated[int | None, _opt("port", "--port")] = None,
+    engine: Annotated[str | None, _opt("engine", "--engine")] = None,
+    log_level: Annotated[str | None, _opt("log_level", "--log-level")] = None,
+    log_format: Annotated[str | None, _opt("log_format", "--log-format")] = None,
+    public_url: Annotated[str | None, _opt("public_url", "--public-url")] = None,
+    backup_interval_minutes: Annotated[
+        int | None, _opt("backup_interval_minutes", "--backup-interval-minutes")
+    ] = None,
+    backup_keep: Annotated[int | None, _opt("backup_keep", "--backup-keep")] = None,
+) -> None:
+    """Run WhatsDeX: dashboard, API, sessions, campaigns and webhooks in one process."""
+    settings = settings_from(
+        data_dir=data_dir,
+        host=host,
+        port=port,
+        engine=engine,
+        log_level=log_level,
+        log_format=log_format,
+        public_url=public_url,
+        backup_interval_minutes=backup_interval_minutes,
+        backup_keep=backup_keep,
+    )
+    logs.configure(settings.log_level, settings.log_format)
+    lock = DataDirLock(settings.lock_path)
+    lock.acquire("serve")
+    try:
+        migrations.check_file_not_newer(settings.db_path)
+        sock = _bind(settings.host, settings.port)
+        port = sock.getsockname()[1]
+        config = uvicorn.Config(
+            create_app(settings),
+            log_config=None,
+            lifespan="on",
+            proxy_headers=True,
+            server_header=False,
+            timeout_graceful_shutdown=10,
+        )
+        server = _Server(config, settings, port)
+        server.run(sockets=[sock])
+        if not server.started:
+            raise fail("WhatsDeX could not start: see the log above", 1)
+    finally:
+        lock.release()

@@ -1,0 +1,44 @@
+"""Opening SQLite connections: the pragmas live here and nowhere else."""
+
+from __future__ import annotations
+
+import sqlite3
+from pathlib import Path
+
+# busy_timeout first, so every later pragma already waits instead of failing on a lock.
+_PRAGMAS = (
+    "PRAGMA busy_timeout = 5000",
+    "PRAGMA journal_mode = WAL",
+    "PRAGMA synchronous = NORMAL",
+    "PRAGMA foreign_keys = ON",
+    "PRAGMA temp_store = MEMORY",
+)
+
+
+def pragmas(*, readonly: bool = False) -> tuple[str, ...]:
+    """The statements every connection runs first; readers also refuse writes."""
+    if readonly:
+        # A reader must not change the journal mode; query_only makes stray writes fail loudly.
+        return (*(p for p in _PRAGMAS if "journal_mode" not in p), "PRAGMA query_only = ON")
+    return _PRAGMAS
+
+
+def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
+    """A connection in autocommit mode (transactions are explicit) with the standard pragmas."""
+    conn = sqlite3.connect(
+        path, isolation_level=None, check_same_thread=False, timeout=5.0
+    )
+    conn.row_factory = sqlite3.Row
+    for statement in pragmas(readonly=readonly):
+        conn.execute(statement)
+    return conn
+
+
+def open_readonly(path: Path) -> sqlite3.Connection:
+    """Open an existing file without creating or changing it (for checks before migrating)."""
+    conn = sqlite3.connect(
+        f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
+    )
+    conn.row_factory = sqlite3.Row
+    conn.execute("PRAGMA busy_timeout = 5000")
+    return conn

@@ -1,0 +1,1 @@
+"""HTMX dashboard pages and partials."""
