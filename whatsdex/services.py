@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import secrets
 import time
 from dataclasses import dataclass, field
 
@@ -15,8 +16,10 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from whatsdex import backups
+from whatsdex.clock import Clock, system_clock
+from whatsdex.identity import links, logins
 from whatsdex.settings import Settings
-from whatsdex.store import Store
+from whatsdex.store import Store, users
 from whatsdex.tasks import BackgroundTasks
 
 log = logging.getLogger(__name__)
@@ -29,6 +32,17 @@ class Services:
     tasks: BackgroundTasks = field(default_factory=BackgroundTasks)
     scheduler: AsyncIOScheduler | None = None
     started_at: float = 0.0
+    clock: Clock = system_clock
+    # Signs CSRF cookies; replaced by one derived from the master key so it survives restarts.
+    csrf_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
+    setup_token: str | None = None  # the first-run link, while no operator exists
+
+    @property
+    def session_limits(self) -> logins.SessionLimits:
+        return logins.SessionLimits(
+            idle_seconds=self.settings.session_idle_minutes * 60.0,
+            max_seconds=self.settings.session_max_hours * 3600.0,
+        )
 
     @classmethod
     def build(cls, settings: Settings) -> Services:
@@ -48,8 +62,27 @@ class Services:
                 coalesce=True,
                 misfire_grace_time=None,
             )
+        self.scheduler.add_job(
+            self._purge_sessions, IntervalTrigger(minutes=10), id="purge-sessions",
+            name="purge timed-out sessions", max_instances=1, coalesce=True,
+        )
         self.scheduler.start()
         self.started_at = time.time()
+        await self._first_run()
+
+    async def _first_run(self) -> None:
+        """With no operator yet, print a one-time set-up link (the only way in besides the CLI)."""
+        if await users.operator_exists(self.store):
+            return
+        self.setup_token = await links.create_setup_link(self.store, now=self.clock())
+        log.warning(
+            "No operator account yet: open /setup?token=%s on this server within %d hours, "
+            "or run `whatsdex admin create --email you@example.com`",
+            self.setup_token, links.SETUP_TTL // 3600,
+        )
+
+    async def _purge_sessions(self) -> None:
+        await logins.purge_expired(self.store, now=self.clock(), limits=self.session_limits)
 
     async def stop(self) -> None:
         """Stop in reverse order; the writer finishes queued writes before the file closes."""

@@ -44,6 +44,11 @@ class Settings:
     public_url: str | None = None
     backup_interval_minutes: int = 30
     backup_keep: int = 48
+    secret_key_file: Path | None = None
+    # The master key itself, when given in the environment; never a CLI flag (argv is public).
+    secret_key: str | None = field(default=None, repr=False)
+    session_idle_minutes: int = 60
+    session_max_hours: int = 12
 
     @property
     def db_path(self) -> Path:
@@ -52,6 +57,11 @@ class Settings:
     @property
     def backups_dir(self) -> Path:
         return self.data_dir / "backups"
+
+    @property
+    def key_file(self) -> Path:
+        """The master key file: configured, or `secret.key` in the data dir."""
+        return self.secret_key_file or self.data_dir / "secret.key"
 
     @property
     def lock_path(self) -> Path:
@@ -97,8 +107,15 @@ def _path(raw: Any) -> Path:
     return Path(raw).expanduser().resolve()
 
 
+def _int(raw: Any) -> int:
+    try:
+        return int(str(raw).strip())
+    except ValueError:
+        raise ValueError(f"must be a whole number, got {raw!r}") from None
+
+
 def _port(raw: Any) -> int:
-    port = int(raw)
+    port = _int(raw)
     if not 0 <= port <= 65535:
         raise ValueError(f"port must be between 0 and 65535, got {port}")
     return port
@@ -115,14 +132,14 @@ def _choice(*allowed: str) -> Callable[[Any], str]:
 
 
 def _non_negative(raw: Any) -> int:
-    value = int(raw)
+    value = _int(raw)
     if value < 0:
         raise ValueError(f"must be 0 or more, got {value}")
     return value
 
 
 def _positive(raw: Any) -> int:
-    value = int(raw)
+    value = _int(raw)
     if value < 1:
         raise ValueError(f"must be 1 or more, got {value}")
     return value
@@ -145,6 +162,10 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "public_url": _url,
     "backup_interval_minutes": _non_negative,
     "backup_keep": _positive,
+    "secret_key_file": _path,
+    "secret_key": lambda raw: str(raw).strip(),
+    "session_idle_minutes": _positive,
+    "session_max_hours": _positive,
 }
 
 # Shown by `--help` and checked against the README by a test, so no setting goes undocumented.
@@ -158,4 +179,8 @@ DESCRIPTIONS: dict[str, str] = {
     "public_url": "URL users reach the dashboard at (behind a reverse proxy).",
     "backup_interval_minutes": "Minutes between scheduled backups; 0 turns them off.",
     "backup_keep": "How many scheduled backups to keep.",
+    "secret_key_file": "Master key file (created 0600 on first run); default <data-dir>/secret.key.",
+    "secret_key": "The master key itself (base64, 32 bytes), instead of the key file.",
+    "session_idle_minutes": "Dashboard sessions end after this many idle minutes.",
+    "session_max_hours": "Dashboard sessions end this many hours after login, active or not.",
 }
