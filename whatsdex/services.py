@@ -7,6 +7,9 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
+import hmac
 import logging
 import secrets
 import time
@@ -17,6 +20,8 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from whatsdex import backups
 from whatsdex.clock import Clock, system_clock
+from whatsdex.crypto.keyring import Keyring
+from whatsdex.crypto.masterkey import open_master_key
 from whatsdex.identity import links, logins
 from whatsdex.settings import Settings
 from whatsdex.store import Store, users
@@ -33,7 +38,8 @@ class Services:
     scheduler: AsyncIOScheduler | None = None
     started_at: float = 0.0
     clock: Clock = system_clock
-    # Signs CSRF cookies; replaced by one derived from the master key so it survives restarts.
+    keyring: Keyring | None = None
+    # Signs CSRF cookies; derived from the master key at start so it survives restarts.
     csrf_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     setup_token: str | None = None  # the first-run link, while no operator exists
 
@@ -51,6 +57,12 @@ class Services:
     async def start(self) -> None:
         """Open the data file, then start everything that runs in the background."""
         await asyncio.to_thread(self.store.open)
+        # `serve` holds the data-dir lock, so a rotation interrupted by a crash may be finished.
+        master = await asyncio.to_thread(
+            functools.partial(open_master_key, self.settings, self.store, finish_pending=True)
+        )
+        self.keyring = Keyring(self.store, master.key)
+        self.csrf_secret = hmac.new(master.key, b"whatsdex csrf", hashlib.sha256).hexdigest()
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         if self.settings.backup_interval_minutes > 0:
             self.scheduler.add_job(
