@@ -6,7 +6,7 @@ import os
 
 import typer
 
-from whatsdex.cli import database, doctor, keys, serve
+from whatsdex.cli import backup, database, doctor, keys, serve
 
 app = typer.Typer(
     name="whatsdex",
@@ -19,6 +19,8 @@ app.command()(serve.serve)
 app.command()(database.migrate)
 app.command()(database.version)
 app.command()(doctor.doctor)
+app.command()(backup.backup)
+app.command()(backup.restore)
 app.add_typer(keys.key_app, name="key")
 app.command("engine-check", hidden=True)(doctor.engine_check)
 
