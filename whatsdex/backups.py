@@ -24,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from whatsdex import __version__
+from whatsdex.crypto import escrow
 from whatsdex.errors import BadRequest, Conflict, NotFound, WhatsdexError
 from whatsdex.settings import Settings
 from whatsdex.store import backup as store_backup
@@ -78,6 +79,7 @@ class RestoreResult:
     sha256: str
     migrations: tuple[str, ...]
     instance_id: str | None
+    key_file: Path | None = None  # where the recovered master key was written (--passphrase)
 
 
 def manifest_path(path: Path) -> Path:
@@ -334,12 +336,14 @@ def _write_json(path: Path, data: dict[str, Any]) -> None:
 
 
 def restore_backup(
-    settings: Settings, source: Path, *, progress: Progress | None = None
+    settings: Settings, source: Path, *, progress: Progress | None = None,
+    passphrase: str | None = None, replace_key: bool = False,
 ) -> RestoreResult:
     """Replace the database with a verified copy of `source`, keeping the old one aside.
 
     Refuses (touching nothing) while a server runs on the data dir or when the file fails any
-    check in `verify_restorable`.
+    check in `verify_restorable`. With `passphrase`, the master key escrowed in the backup is
+    recovered first (a wrong passphrase changes nothing) and installed as the key file.
     """
     source = source.expanduser()
     _check_source(settings, source)
@@ -348,7 +352,7 @@ def restore_backup(
     lock.acquire("restore")
     try:
         with _backup_lock(settings):
-            return _restore_locked(settings, source, progress)
+            return _restore_locked(settings, source, progress, passphrase, replace_key)
     finally:
         lock.release()
 
@@ -371,7 +375,10 @@ def _check_source(settings: Settings, source: Path) -> None:
         )
 
 
-def _restore_locked(settings: Settings, source: Path, progress: Progress | None) -> RestoreResult:
+def _restore_locked(
+    settings: Settings, source: Path, progress: Progress | None, passphrase: str | None,
+    replace_key: bool,
+) -> RestoreResult:
     expected = _manifest_beside(source)
     db_path = settings.db_path
     for entry in settings.data_dir.glob(f".{db_path.name}.restore-*"):
@@ -389,13 +396,19 @@ def _restore_locked(settings: Settings, source: Path, progress: Progress | None)
                 "the file was changed or damaged after the backup"
             )
         facts = verify_restorable(tmp, source, progress)
+        master_key = escrow.recover_master_key(tmp, passphrase) if passphrase else None
+        if master_key is not None:
+            escrow.check_key_install(settings, master_key, replace=replace_key)
         aside = _unique_aside_path(db_path)
         had_database = store_backup.install(tmp, db_path, aside)
     except BaseException:
         store_backup.remove_with_side_files(tmp)
         raise
     log.info("restored %s into %s", source, db_path)
+    key = escrow.install_recovered_key(settings, master_key, replace=replace_key) if (
+        master_key is not None) else None
     return RestoreResult(
+        key_file=key.path if key else None,
         source=source,
         db_path=db_path,
         replaced=aside if had_database else None,

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import sys
 from pathlib import Path
 from typing import Annotated
 
@@ -74,6 +75,20 @@ def restore(
         typer.Argument(help="The backup file to restore.", show_default=False),
     ],
     data_dir: DataDir = None,
+    passphrase: Annotated[
+        bool,
+        typer.Option(
+            "--passphrase",
+            help="Recover the master key escrowed in the backup (asks for the passphrase).",
+        ),
+    ] = False,
+    passphrase_stdin: Annotated[
+        bool, typer.Option("--passphrase-stdin", help="Read that passphrase from stdin.")
+    ] = False,
+    replace_key: Annotated[
+        bool,
+        typer.Option("--replace-key", help="Replace a different existing key file (kept aside)."),
+    ] = False,
 ) -> None:
     """Replace the database with a backup, after checking it; the old file is kept aside.
 
@@ -82,8 +97,18 @@ def restore(
     When <file>.json sits beside it, the file must match the checksum in it.
     """
     settings = settings_from(data_dir=data_dir)
-    result = backups.restore_backup(settings, path, progress=_StageProgress("restore"))
+    secret: str | None = None
+    if passphrase_stdin:
+        secret = sys.stdin.readline().rstrip("\n")
+    elif passphrase:
+        secret = typer.prompt("Recovery passphrase", hide_input=True)
+    result = backups.restore_backup(
+        settings, path, progress=_StageProgress("restore"), passphrase=secret,
+        replace_key=replace_key,
+    )
     typer.echo(f"restored {result.source} into {result.db_path}")
+    if result.key_file is not None:
+        typer.echo(f"the master key was recovered into {result.key_file}")
     if result.replaced is not None:
         typer.echo(f"the previous database was kept as {result.replaced}")
     else:

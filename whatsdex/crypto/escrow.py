@@ -156,6 +156,27 @@ class InstalledKey:
     replaced: Path | None  # where a different previous key file was kept
 
 
+def check_key_install(settings: Settings, key: bytes, *, replace: bool = False) -> None:
+    """Raise now what `install_recovered_key` would refuse, before anything is replaced."""
+    if settings.secret_key:
+        raise ConfigError(
+            f"{masterkey.ENV_NAME} is set, so a key file would be ignored: put the recovered "
+            f"key in {masterkey.ENV_NAME} instead, or unset it"
+        )
+    path = settings.key_file
+    if replace or not path.exists():
+        return
+    try:
+        existing: bytes | None = masterkey.parse_key_file(path)
+    except ConfigError:
+        existing = None
+    if existing != key:
+        raise Conflict(
+            f"a different master key file already exists at {path}; "
+            "move it away or allow replacing it"
+        )
+
+
 def install_recovered_key(settings: Settings, key: bytes, *, replace: bool = False) -> InstalledKey:
     """Write a recovered master key to the key file (0600, atomically).
 
