@@ -42,7 +42,8 @@ class NewLogin:
 
 
 def _keys(email: str, ip: str) -> tuple[str, str]:
-    return f"account:{email.strip().lower()}", f"address:{ip or 'unknown'}"
+    # Capped like a valid address (254): a megabyte "e-mail" must not become a megabyte row.
+    return f"account:{email.strip().lower()[:254]}", f"address:{ip or 'unknown'}"
 
 
 def _count_failure(conn: sqlite3.Connection, key: str, limit: int, now: float) -> None:

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import logging
 from typing import Any
+from urllib.parse import quote
 
 from litestar import MediaType, Request, Response
 from litestar.exceptions import HTTPException, ValidationException
-from litestar.response import Template
+from litestar.response import Redirect, Template
 from litestar.status_codes import HTTP_500_INTERNAL_SERVER_ERROR
 
 from whatsdex.errors import LimitReached, WhatsdexError
@@ -38,6 +39,18 @@ def _describe(exc: Exception) -> tuple[int, str, Any, dict[str, str]]:
     return HTTP_500_INTERNAL_SERVER_ERROR, "Internal server error", None, headers
 
 
+def _login_redirect(request: Request[Any, Any, Any]) -> Response[Any] | None:
+    """A signed-out visitor of a dashboard page goes to the login page, and comes back after."""
+    here = request.url.path + (f"?{request.url.query}" if request.url.query else "")
+    target = "/login?next=" + quote(here, safe="/")
+    if request.headers.get("hx-request") == "true":
+        # htmx follows HX-Redirect with a full page load (an XHR would follow a 303 silently).
+        return Response(content=None, status_code=401, headers={"HX-Redirect": target})
+    if request.method in ("GET", "HEAD"):
+        return Redirect(target, status_code=303)
+    return None
+
+
 def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Response[Any]:
     status, message, detail, headers = _describe(exc)
     if status >= 500:
@@ -49,6 +62,10 @@ def handle_exception(request: Request[Any, Any, Any], exc: Exception) -> Respons
             media_type=MediaType.JSON,
             headers=headers,
         )
+    if status == 401 and request.scope.get("user") is None:
+        redirect = _login_redirect(request)
+        if redirect is not None:
+            return redirect
     if request.headers.get("hx-request") == "true":
         # HTMX swaps only 2xx by default: answer with a toast the page shows in its corner.
         headers.update({"HX-Retarget": "#toasts", "HX-Reswap": "beforeend"})

@@ -1,21 +1,20 @@
-"""The dashboard's landing page."""
+"""`/`: everyone lands where their work is (or on the sign-in page)."""
 
 from __future__ import annotations
 
-from litestar import get
-from litestar.response import Template
+from typing import Any
 
-from whatsdex import backups
-from whatsdex.services import Services
+from litestar import Request, get
+from litestar.response import Redirect
+
+from whatsdex.identity.principal import Principal
 
 
 @get("/", include_in_schema=False)
-async def home(services: Services) -> Template:
-    latest = backups.latest_backup(services.settings)
-    return Template(
-        template_name="home.html",
-        context={
-            "ready": services.store.is_open,
-            "last_backup": latest.created_at if latest else None,
-        },
-    )
+async def home(request: Request[Any, Any, Any]) -> Redirect:
+    user = request.scope.get("user")
+    if not isinstance(user, Principal) or user.kind != "user":
+        return Redirect("/login", status_code=303)
+    if user.is_operator:
+        return Redirect("/admin/tenants", status_code=303)
+    return Redirect("/numbers", status_code=303)
