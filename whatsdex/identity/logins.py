@@ -145,7 +145,10 @@ async def logout(db: Store, session: LoginSession, *, now: float, ip: str = "") 
 
 
 async def purge_expired(db: Store, *, now: float, limits: SessionLimits) -> int:
-    """Drop timed-out sessions (a periodic job)."""
-    return await db.write(
-        lambda conn: logins.delete_expired_sessions(conn, iso(now), iso(now - limits.idle_seconds))
-    )
+    """Drop timed-out sessions and spent failure counters (a periodic job)."""
+
+    def write(conn: sqlite3.Connection) -> int:
+        logins.delete_stale_failures(conn, iso(now - WINDOW), iso(now))
+        return logins.delete_expired_sessions(conn, iso(now), iso(now - limits.idle_seconds))
+
+    return await db.write(write)

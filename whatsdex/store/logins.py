@@ -81,3 +81,12 @@ def set_failures(
 
 def clear_failures(conn: sqlite3.Connection, key: str) -> None:
     conn.execute("DELETE FROM login_failures WHERE key = ?", (key,))
+
+
+def delete_stale_failures(conn: sqlite3.Connection, window_before: str, now: str) -> int:
+    """Counters whose window and lock are both over: they no longer throttle anyone."""
+    return conn.execute(
+        "DELETE FROM login_failures WHERE window_started_at <= ? "
+        "AND (locked_until IS NULL OR locked_until <= ?)",
+        (window_before, now),
+    ).rowcount
