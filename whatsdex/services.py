@@ -19,10 +19,12 @@ from apscheduler.schedulers.asyncio import AsyncIOScheduler
 from apscheduler.triggers.interval import IntervalTrigger
 
 from whatsdex import backups
+from whatsdex.bus import EventBus
 from whatsdex.clock import Clock, system_clock
 from whatsdex.crypto.keyring import Keyring
 from whatsdex.crypto.masterkey import open_master_key
 from whatsdex.identity import links, logins
+from whatsdex.sessions.supervisor import Supervisor
 from whatsdex.settings import Settings
 from whatsdex.store import Store, users
 from whatsdex.tasks import BackgroundTasks
@@ -39,6 +41,8 @@ class Services:
     started_at: float = 0.0
     clock: Clock = system_clock
     keyring: Keyring | None = None
+    bus: EventBus = field(default_factory=EventBus)
+    supervisor: Supervisor | None = None
     # Signs CSRF cookies; derived from the master key at start so it survives restarts.
     csrf_secret: str = field(default_factory=lambda: secrets.token_urlsafe(32))
     setup_token: str | None = None  # the first-run link, while no operator exists
@@ -63,6 +67,10 @@ class Services:
         )
         self.keyring = Keyring(self.store, master.key)
         self.csrf_secret = hmac.new(master.key, b"whatsdex csrf", hashlib.sha256).hexdigest()
+        self.supervisor = Supervisor(
+            self.settings, self.store, self.keyring, self.bus, self.tasks, self.clock
+        )
+        await self.supervisor.start()
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         if self.settings.backup_interval_minutes > 0:
             self.scheduler.add_job(
@@ -100,6 +108,8 @@ class Services:
         """Stop in reverse order; the writer finishes queued writes before the file closes."""
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        if self.supervisor is not None:
+            await self.supervisor.stop()
         await self.tasks.close()
         await self.store.aclose()
 

@@ -49,6 +49,7 @@ class Settings:
     secret_key: str | None = field(default=None, repr=False)
     session_idle_minutes: int = 60
     session_max_hours: int = 12
+    engine_hosts: int = 1
 
     @property
     def db_path(self) -> Path:
@@ -166,6 +167,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "secret_key": lambda raw: str(raw).strip(),
     "session_idle_minutes": _positive,
     "session_max_hours": _positive,
+    "engine_hosts": _positive,
 }
 
 # Shown by `--help` and checked against the README by a test, so no setting goes undocumented.
@@ -179,8 +181,11 @@ DESCRIPTIONS: dict[str, str] = {
     "public_url": "URL users reach the dashboard at (behind a reverse proxy).",
     "backup_interval_minutes": "Minutes between scheduled backups; 0 turns them off.",
     "backup_keep": "How many scheduled backups to keep.",
-    "secret_key_file": "Master key file (created 0600 on first run); default <data-dir>/secret.key.",
+    "secret_key_file": (
+        "Master key file (created 0600 on first run); default <data-dir>/secret.key."
+    ),
     "secret_key": "The master key itself (base64, 32 bytes), instead of the key file.",
     "session_idle_minutes": "Dashboard sessions end after this many idle minutes.",
     "session_max_hours": "Dashboard sessions end this many hours after login, active or not.",
+    "engine_hosts": "Engine host processes the numbers are spread over (crash isolation).",
 }

@@ -26,7 +26,7 @@ def migrate(
             for name in migrations.known_names():
                 typer.echo(f"pending  {name}")
             return
-        conn = connection.open_readonly(settings.db_path)
+        conn = connection.open_untouched(settings.db_path)
         try:
             migrations.check_not_newer(conn, settings.db_path)
             for item in migrations.status(conn):

@@ -43,7 +43,7 @@ def _database(settings: Settings) -> tuple[bool, str]:
     if not path.exists():
         return True, "no database yet; serve will create it"
     try:
-        conn = connection.open_readonly(path)
+        conn = connection.open_untouched(path)
     except sqlite3.Error as exc:
         return False, f"cannot open {path}: {exc}"
     try:
@@ -68,7 +68,7 @@ def _engine(settings: Settings) -> tuple[bool, str]:
 
 
 def _disk(settings: Settings) -> tuple[bool, str]:
-    target = next((p for p in (settings.data_dir, *settings.data_dir.parents) if p.exists()))
+    target = next(p for p in (settings.data_dir, *settings.data_dir.parents) if p.exists())
     free = shutil.disk_usage(target).free
     db_size = settings.db_path.stat().st_size if settings.db_path.exists() else 0
     # A backup needs as much room as the database itself.

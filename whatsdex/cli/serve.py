@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import socket
+from collections.abc import Iterator
 from typing import Annotated
 
 import typer
@@ -19,7 +21,10 @@ from whatsdex.store.lock import DataDirLock
 
 def _opt(name: str, flag: str) -> typer.models.OptionInfo:
     env = "WHATSDEX_" + name.upper()
-    return typer.Option(flag, help=f"{DESCRIPTIONS[name]} [env: {env}]", show_default=False)
+    option: typer.models.OptionInfo = typer.Option(
+        flag, help=f"{DESCRIPTIONS[name]} [env: {env}]", show_default=False
+    )
+    return option
 
 
 class _Server(uvicorn.Server):
@@ -36,6 +41,13 @@ class _Server(uvicorn.Server):
             # With --port 0 the kernel chose the port: announce the real one.
             url = dataclasses.replace(self.settings, port=self.port).base_url
             typer.echo(f"WhatsDeX is ready: {url}/", err=True)
+
+    @contextlib.contextmanager
+    def capture_signals(self) -> Iterator[None]:
+        """Uvicorn re-raises SIGTERM/SIGINT after a graceful stop; a clean stop should exit 0."""
+        with super().capture_signals():
+            yield
+            self._captured_signals.clear()
 
 
 def _bind(host: str, port: int) -> socket.socket:
@@ -57,15 +69,16 @@ def _bind(host: str, port: int) -> socket.socket:
 def serve(
     data_dir: DataDir = None,
     host: Annotated[str | None, _opt("host", "--host")] = None,
-    port: Annotated[int | None, _opt("port", "--port")] = None,
+    # Numbers are taken as text so that Settings reports a bad value in one line, like env vars.
+    port: Annotated[str | None, _opt("port", "--port")] = None,
     engine: Annotated[str | None, _opt("engine", "--engine")] = None,
     log_level: Annotated[str | None, _opt("log_level", "--log-level")] = None,
     log_format: Annotated[str | None, _opt("log_format", "--log-format")] = None,
     public_url: Annotated[str | None, _opt("public_url", "--public-url")] = None,
     backup_interval_minutes: Annotated[
-        int | None, _opt("backup_interval_minutes", "--backup-interval-minutes")
+        str | None, _opt("backup_interval_minutes", "--backup-interval-minutes")
     ] = None,
-    backup_keep: Annotated[int | None, _opt("backup_keep", "--backup-keep")] = None,
+    backup_keep: Annotated[str | None, _opt("backup_keep", "--backup-keep")] = None,
 ) -> None:
     """Run WhatsDeX: dashboard, API, sessions, campaigns and webhooks in one process."""
     settings = settings_from(
@@ -85,7 +98,7 @@ def serve(
     try:
         migrations.check_file_not_newer(settings.db_path)
         sock = _bind(settings.host, settings.port)
-        port = sock.getsockname()[1]
+        bound_port: int = sock.getsockname()[1]
         config = uvicorn.Config(
             create_app(settings),
             log_config=None,
@@ -94,7 +107,7 @@ def serve(
             server_header=False,
             timeout_graceful_shutdown=10,
         )
-        server = _Server(config, settings, port)
+        server = _Server(config, settings, bound_port)
         server.run(sockets=[sock])
         if not server.started:
             raise fail("WhatsDeX could not start: see the log above", 1)

@@ -34,11 +34,23 @@ def connect(path: Path | str, *, readonly: bool = False) -> sqlite3.Connection:
     return conn
 
 
-def open_readonly(path: Path) -> sqlite3.Connection:
-    """Open an existing file without creating or changing it (for checks before migrating)."""
-    conn = sqlite3.connect(
-        f"file:{path}?mode=ro", uri=True, isolation_level=None, check_same_thread=False
-    )
+def open_readonly(path: Path, *, immutable: bool = False) -> sqlite3.Connection:
+    """Open an existing file without creating or changing it (for checks before migrating).
+
+    `immutable` also skips locking and the -wal/-shm files: only for a file nobody has open.
+    """
+    # as_uri() percent-encodes, so a data dir named like "a #1?" still opens the right file.
+    uri = Path(path).absolute().as_uri() + ("?immutable=1" if immutable else "?mode=ro")
+    conn = sqlite3.connect(uri, uri=True, isolation_level=None, check_same_thread=False)
     conn.row_factory = sqlite3.Row
     conn.execute("PRAGMA busy_timeout = 5000")
     return conn
+
+
+def open_untouched(path: Path) -> sqlite3.Connection:
+    """Read a file and leave it exactly as it was, -wal and -shm included (checks, listings).
+
+    No -wal file means no connection has the database open and every page is in the main file,
+    so it is read as immutable: a read-only WAL reader would still create the -wal and -shm.
+    """
+    return open_readonly(path, immutable=not Path(f"{path}-wal").exists())

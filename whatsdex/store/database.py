@@ -48,7 +48,11 @@ class Store:
         self._readers_lock: asyncio.Lock | None = None
         self._sync_reader: sqlite3.Connection | None = None
         self._sync_lock = threading.Lock()
+        # Guards `_accepting` so that no write can be queued behind the writer's stop marker.
+        self._submit_lock = threading.Lock()
+        self._accepting = False
         self.applied_at_open: list[str] = []
+        self.transactions = 0  # committed write transactions (batching shows as writes >> this)
 
     # -- lifecycle -------------------------------------------------------------------------
 
@@ -62,6 +66,8 @@ class Store:
             return
         self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         migrations.check_file_not_newer(self.path)
+        # Private whatever the umask: SQLite gives the -wal and -shm files the same mode.
+        self.path.touch(mode=0o600, exist_ok=True)
         conn = connection.connect(self.path)
         try:
             self.applied_at_open = migrations.apply(conn)
@@ -74,11 +80,15 @@ class Store:
             target=self._write_loop, args=(conn,), name="store-writer", daemon=True
         )
         self._writer.start()
+        self._accepting = True
 
     def close(self) -> None:
         """Finish queued writes, then close every connection (sync part)."""
+        with self._submit_lock:
+            self._accepting = False
+            if self._writer is not None:
+                self._queue.put(_STOP)
         if self._writer is not None:
-            self._queue.put(_STOP)
             self._writer.join()
             self._writer = None
         if self._sync_reader is not None:
@@ -98,10 +108,11 @@ class Store:
 
     def submit(self, fn: WriteFn[T]) -> concurrent.futures.Future[T]:
         """Queue a write; `fn(conn)` runs in the writer thread inside a transaction."""
-        if not self.is_open:
-            raise Unavailable("the database is not open")
         future: concurrent.futures.Future[T] = concurrent.futures.Future()
-        self._queue.put((fn, future))
+        with self._submit_lock:
+            if not (self._accepting and self.is_open):
+                raise Unavailable("the database is not open")
+            self._queue.put((fn, future))
         return future
 
     async def write(self, fn: WriteFn[T]) -> T:
@@ -127,7 +138,16 @@ class Store:
                         stop = True
                         break
                     batch.append(nxt)
-                self._run_batch(conn, batch)
+                try:
+                    self._run_batch(conn, batch)
+                except Exception as exc:  # a broken connection: never leave a caller waiting
+                    log.exception("write batch failed")
+                    with contextlib.suppress(sqlite3.Error):
+                        if conn.in_transaction:
+                            conn.execute("ROLLBACK")
+                    for _, future in batch:
+                        if not future.done():
+                            future.set_exception(exc)
                 if stop:
                     return
         finally:
@@ -135,14 +155,14 @@ class Store:
                 conn.execute("PRAGMA optimize")
             conn.close()
 
-    @staticmethod
-    def _run_batch(conn: sqlite3.Connection, batch: list[Any]) -> None:
+    def _run_batch(self, conn: sqlite3.Connection, batch: list[Any]) -> None:
         results: list[tuple[concurrent.futures.Future[Any], Any, BaseException | None]] = []
         try:
             conn.execute("BEGIN IMMEDIATE")
         except sqlite3.Error as exc:
             for _, future in batch:
-                future.set_exception(exc)
+                if future.set_running_or_notify_cancel():  # a cancelled one cannot take a result
+                    future.set_exception(exc)
             return
         for fn, future in batch:
             if not future.set_running_or_notify_cancel():
@@ -154,6 +174,12 @@ class Store:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK TO write")
                     conn.execute("RELEASE write")
+                else:
+                    # SQLite rolled back the whole transaction (disk full, OR ROLLBACK...): the
+                    # earlier writes of this batch are gone too, so they must not report success.
+                    lost = sqlite3.OperationalError(f"rolled back with a failed write: {exc}")
+                    results = [(f, None, err or lost) for f, _, err in results]
+                    conn.execute("BEGIN IMMEDIATE")
                 results.append((future, None, exc))
             else:
                 conn.execute("RELEASE write")
@@ -161,6 +187,7 @@ class Store:
         try:
             if conn.in_transaction:
                 conn.execute("COMMIT")
+                self.transactions += 1
         except sqlite3.Error as exc:
             with contextlib.suppress(sqlite3.Error):
                 conn.execute("ROLLBACK")
@@ -205,16 +232,16 @@ class Store:
     async def fetchall(self, sql: str, params: Params = ()) -> list[sqlite3.Row]:
         async with self._reader() as conn:
             rows = await conn.execute_fetchall(sql, params)
-            return list(rows)  # type: ignore[arg-type]
+            return list(rows)
 
     async def fetchone(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
         async with self._reader() as conn:
             cursor = await conn.execute(sql, params)
             try:
-                row = await cursor.fetchone()
+                row: sqlite3.Row | None = await cursor.fetchone()
             finally:
                 await cursor.close()
-            return row  # type: ignore[return-value]
+            return row
 
     async def fetchval(self, sql: str, params: Params = ()) -> Any:
         row = await self.fetchone(sql, params)

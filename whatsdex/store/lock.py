@@ -18,7 +18,8 @@ class DataDirLock:
         self._fd: int | None = None
 
     def acquire(self, purpose: str = "serve") -> None:
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        # Usually the first thing to create the data dir, so it sets the private mode.
+        self.path.parent.mkdir(mode=0o700, parents=True, exist_ok=True)
         fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)

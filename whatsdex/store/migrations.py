@@ -61,7 +61,7 @@ def check_file_not_newer(path: Path) -> None:
     """The same check on a file, opened read-only so that a refused file is left untouched."""
     if not path.exists():
         return
-    conn = connection.open_readonly(path)
+    conn = connection.open_untouched(path)
     try:
         check_not_newer(conn, path)
     except sqlite3.DatabaseError as exc:

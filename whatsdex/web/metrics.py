@@ -9,6 +9,8 @@ import time
 from pathlib import Path
 
 from litestar import Response, get
+from litestar.enums import ScopeType
+from litestar.handlers import HTTPRouteHandler
 from litestar.types import ASGIApp, Message, Receive, Scope, Send
 from prometheus_client import (
     CONTENT_TYPE_LATEST,
@@ -22,6 +24,9 @@ from prometheus_client import (
 )
 
 from whatsdex import __version__
+
+# Any other method (clients may send anything) is counted as "other": labels must stay few.
+_METHODS = frozenset({"GET", "HEAD", "POST", "PUT", "PATCH", "DELETE", "OPTIONS"})
 
 
 class Metrics:
@@ -58,7 +63,7 @@ class Metrics:
         """ASGI middleware recording count and latency by route template (not raw path)."""
 
         async def record(scope: Scope, receive: Receive, send: Send) -> None:
-            if scope["type"] != "http":
+            if scope["type"] != ScopeType.HTTP:
                 await app(scope, receive, send)
                 return
             start = time.perf_counter()
@@ -74,13 +79,13 @@ class Metrics:
                 await app(scope, receive, capture)
             finally:
                 route = scope.get("path_template") or "unmatched"
-                method = scope["method"]
+                method = scope["method"] if scope["method"] in _METHODS else "other"
                 self.requests.labels(method, route, str(status)).inc()
                 self.latency.labels(method, route).observe(time.perf_counter() - start)
 
         return record
 
-    def handler(self) -> object:
+    def handler(self) -> HTTPRouteHandler:
         registry = self.registry
 
         @get("/metrics", tags=["operations"], sync_to_thread=False, media_type=CONTENT_TYPE_LATEST)

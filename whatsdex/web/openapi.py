@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from litestar import Request
+from litestar import MediaType, Request
 from litestar.openapi import OpenAPIConfig
 from litestar.openapi.plugins import JsonRenderPlugin, OpenAPIRenderPlugin
 from litestar.openapi.spec import Components, SecurityScheme
@@ -16,6 +16,7 @@ _PAGE = """<!doctype html>
 <head>
 <meta charset="utf-8">
 <title>WhatsDeX API</title>
+<link rel="icon" href="/static/favicon.svg" type="image/svg+xml">
 <link rel="stylesheet" href="/static/vendor/swagger-ui/swagger-ui.css">
 </head>
 <body>
@@ -31,7 +32,7 @@ class LocalSwaggerPlugin(OpenAPIRenderPlugin):
     """Swagger UI served from our own static files."""
 
     def __init__(self, path: str = "/docs") -> None:
-        super().__init__(path=path, media_type="text/html")
+        super().__init__(path=path, media_type=MediaType.HTML)
 
     def render(self, request: Request[Any, Any, Any], openapi_schema: dict[str, Any]) -> bytes:
         return _PAGE.encode()
