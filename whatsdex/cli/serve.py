@@ -79,6 +79,14 @@ def serve(
         str | None, _opt("backup_interval_minutes", "--backup-interval-minutes")
     ] = None,
     backup_keep: Annotated[str | None, _opt("backup_keep", "--backup-keep")] = None,
+    engine_hosts: Annotated[str | None, _opt("engine_hosts", "--engine-hosts")] = None,
+    secret_key_file: Annotated[str | None, _opt("secret_key_file", "--secret-key-file")] = None,
+    session_idle_minutes: Annotated[
+        str | None, _opt("session_idle_minutes", "--session-idle-minutes")
+    ] = None,
+    session_max_hours: Annotated[
+        str | None, _opt("session_max_hours", "--session-max-hours")
+    ] = None,
 ) -> None:
     """Run WhatsDeX: dashboard, API, sessions, campaigns and webhooks in one process."""
     settings = settings_from(
@@ -91,6 +99,10 @@ def serve(
         public_url=public_url,
         backup_interval_minutes=backup_interval_minutes,
         backup_keep=backup_keep,
+        engine_hosts=engine_hosts,
+        secret_key_file=secret_key_file,
+        session_idle_minutes=session_idle_minutes,
+        session_max_hours=session_max_hours,
     )
     logs.configure(settings.log_level, settings.log_format)
     lock = DataDirLock(settings.lock_path)
