@@ -1,6 +1,6 @@
-"""`python -m whatsdex` runs the same CLI as the `whatsdex` executable."""
+"""`python -m whatsdex` runs the same program as the `whatsdex` executable."""
 
-from whatsdex.cli import main
+from whatsdex.entry import main
 
 if __name__ == "__main__":
     main()

@@ -2,11 +2,9 @@
 
 from __future__ import annotations
 
-import os
-
 import typer
 
-from whatsdex.cli import backup, database, doctor, keys, serve
+from whatsdex.cli import backup, database, doctor, identity, keys, serve
 
 app = typer.Typer(
     name="whatsdex",
@@ -21,11 +19,12 @@ app.command()(database.version)
 app.command()(doctor.doctor)
 app.command()(backup.backup)
 app.command()(backup.restore)
+app.add_typer(identity.admin_app, name="admin")
+app.add_typer(identity.tenant_app, name="tenant")
+app.add_typer(identity.apikey_app, name="apikey")
 app.add_typer(keys.key_app, name="key")
 app.command("engine-check", hidden=True)(doctor.engine_check)
 
 
 def main() -> None:
-    # Everything WhatsDeX writes (database, keys, backups) is for its own user only.
-    os.umask(0o077)
     app()

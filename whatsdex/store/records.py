@@ -97,5 +97,30 @@ class AuditEntry(msgspec.Struct, kw_only=True):
     ip: str
 
 
+class WaSession(msgspec.Struct, kw_only=True):
+    id: str
+    tenant_id: str
+    name: str
+    status: str
+    status_reason: str
+    status_since: str
+    desired: str
+    phone: str
+    jid: str
+    lid: str
+    push_name: str
+    created_at: str
+    updated_at: str
+
+
+class WaSessionTransition(msgspec.Struct, kw_only=True):
+    id: int
+    session_id: str
+    at: str
+    from_status: str
+    to_status: str
+    reason: str
+
+
 def as_dict(record: msgspec.Struct) -> dict[str, Any]:
     return msgspec.structs.asdict(record)

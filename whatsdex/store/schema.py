@@ -181,3 +181,54 @@ def m0002_identity(db: Database) -> None:
         CREATE INDEX audit_log_tenant ON audit_log(tenant_id, id);
         """,
     )
+
+
+@MIGRATIONS()
+def m0003_sessions(db: Database) -> None:
+    """Linked numbers, their state history, and the encrypted copy of their WhatsApp store."""
+    run_script(
+        db,
+        """
+        CREATE TABLE wa_sessions (
+            id TEXT PRIMARY KEY,
+            tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+            name TEXT NOT NULL,
+            status TEXT NOT NULL CHECK (status IN ('new', 'connecting', 'pairing', 'connected',
+                'reconnecting', 'logged_out', 'banned', 'failed', 'stopped')),
+            status_reason TEXT NOT NULL DEFAULT '',
+            status_since TEXT NOT NULL,
+            -- What the user asked for: the supervisor keeps 'running' numbers connected.
+            desired TEXT NOT NULL DEFAULT 'running' CHECK (desired IN ('running', 'stopped')),
+            phone TEXT NOT NULL DEFAULT '',
+            jid TEXT NOT NULL DEFAULT '',
+            lid TEXT NOT NULL DEFAULT '',
+            push_name TEXT NOT NULL DEFAULT '',
+            created_at TEXT NOT NULL,
+            updated_at TEXT NOT NULL
+        ) STRICT;
+        CREATE INDEX wa_sessions_tenant ON wa_sessions(tenant_id, created_at);
+
+        -- Every state transition with its reason, newest last.
+        CREATE TABLE wa_session_history (
+            id INTEGER PRIMARY KEY,
+            session_id TEXT NOT NULL REFERENCES wa_sessions(id) ON DELETE CASCADE,
+            tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+            at TEXT NOT NULL,
+            from_status TEXT NOT NULL,
+            to_status TEXT NOT NULL,
+            reason TEXT NOT NULL DEFAULT ''
+        ) STRICT;
+        CREATE INDEX wa_session_history_session ON wa_session_history(session_id, id);
+
+        -- The durable copy of a number's WhatsApp store: AES-256-GCM under the tenant's data key.
+        -- clean = 1 when written at a clean shutdown (the runtime file was not used afterwards).
+        CREATE TABLE wa_auth_vault (
+            session_id TEXT PRIMARY KEY REFERENCES wa_sessions(id) ON DELETE CASCADE,
+            tenant_id TEXT NOT NULL REFERENCES tenants(id) ON DELETE CASCADE,
+            blob BLOB NOT NULL,
+            clean INTEGER NOT NULL CHECK (clean IN (0, 1)),
+            size INTEGER NOT NULL,
+            snapshot_at TEXT NOT NULL
+        ) STRICT;
+        """,
+    )
