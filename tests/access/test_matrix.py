@@ -1,0 +1,239 @@
+"""Who may call what: every `/api/v1` route and every operator / settings page, for every identity.
+
+The route tables below are checked against the app's own route table, so a route added without
+a scenario here fails `test_every_route_has_a_scenario`.
+
+Rules, for identities named in conftest:
+  anonymous, revoked                    401 (a page load: 303 to the login page, and back)
+  operator on a tenant route            403 (the operator has no tenant)
+  a tenant identity on an operator one  403
+  member where an owner is needed       403
+  other on an object of tenant A        404, and nothing of tenant A in the answer
+  the right identity                    the route's 2xx (other on a collection: its own data)
+A 2xx change writes at least one audit row; any refusal and any read write none.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from urllib.parse import quote
+
+import pytest
+from httpx import Response
+
+from .conftest import WHO, Call, World
+
+Build = Callable[[World], Call]
+
+
+@dataclass(frozen=True)
+class Route:
+    method: str
+    path: str
+    guard: str  # operator | owner | member
+    ok: int
+    build: Build = field(default=lambda w: Call())
+
+    @property
+    def id(self) -> str:
+        return f"{self.method} {self.path}"
+
+    @property
+    def names_an_object(self) -> bool:
+        return "{" in self.path
+
+
+def plan_form(name: str = "Trial", **limits: int) -> dict[str, str]:
+    values = {"max_numbers": 1, "max_messages_per_day": 10, "max_contacts": 10,
+              "max_active_campaigns": 1, "max_webhooks": 1, **limits}
+    return {"name": name, **{k: str(v) for k, v in values.items()}}
+
+
+def plan_json(**extra: object) -> dict[str, object]:
+    return {"name": "Trial", "max_numbers": 1, "max_messages_per_day": 10, "max_contacts": 10,
+            "max_active_campaigns": 1, "max_webhooks": 1, **extra}
+
+
+def fresh_tenant(w: World) -> Call:
+    return Call(path={"tenant_id": w.fresh_tenant().id})
+
+
+def fresh_tenant_key(w: World) -> Call:
+    tenant = w.fresh_tenant()
+    return Call(path={"tenant_id": tenant.id, "key_id": w.fresh_key(tenant.id).id})
+
+
+def deleted_tenant(w: World) -> Call:
+    tenant = w.fresh_tenant()
+    return Call(path={"tenant_id": tenant.id}, query={"confirm": tenant.name})
+
+
+def email(w: World) -> str:
+    return f"{w.unique('new').replace(' ', '')}@example.com"
+
+
+API = [
+    Route("GET", "/api/v1/admin/tenants", "operator", 200),
+    Route("POST", "/api/v1/admin/tenants", "operator", 201,
+          lambda w: Call(json={"name": w.unique("Tenant")})),
+    Route("GET", "/api/v1/admin/tenants/{tenant_id}", "operator", 200, fresh_tenant),
+    Route("PATCH", "/api/v1/admin/tenants/{tenant_id}", "operator", 200,
+          lambda w: Call(path={"tenant_id": w.fresh_tenant().id}, json={"plan": "premium"})),
+    Route("DELETE", "/api/v1/admin/tenants/{tenant_id}", "operator", 204, deleted_tenant),
+    Route("POST", "/api/v1/admin/tenants/{tenant_id}/suspend", "operator", 200, fresh_tenant),
+    Route("POST", "/api/v1/admin/tenants/{tenant_id}/resume", "operator", 200, fresh_tenant),
+    Route("GET", "/api/v1/admin/tenants/{tenant_id}/api-keys", "operator", 200, fresh_tenant),
+    Route("POST", "/api/v1/admin/tenants/{tenant_id}/api-keys", "operator", 201,
+          lambda w: Call(path={"tenant_id": w.fresh_tenant().id}, json={"name": "CRM"})),
+    Route("DELETE", "/api/v1/admin/tenants/{tenant_id}/api-keys/{key_id}", "operator", 204,
+          fresh_tenant_key),
+    Route("POST", "/api/v1/admin/tenants/{tenant_id}/invitations", "operator", 201,
+          lambda w: Call(path={"tenant_id": w.fresh_tenant().id},
+                         json={"email": email(w), "role": "owner"})),
+    Route("GET", "/api/v1/admin/plans", "operator", 200),
+    Route("POST", "/api/v1/admin/plans", "operator", 201,
+          lambda w: Call(json=plan_json(id=f"p{w.unique('').strip()}"))),
+    Route("PUT", "/api/v1/admin/plans/{plan_id}", "operator", 200,
+          lambda w: Call(path={"plan_id": w.fresh_plan().id}, json=plan_json(max_numbers=3))),
+    Route("DELETE", "/api/v1/admin/plans/{plan_id}", "operator", 204,
+          lambda w: Call(path={"plan_id": w.fresh_plan().id})),
+    Route("GET", "/api/v1/admin/audit", "operator", 200),
+    Route("GET", "/api/v1/me", "member", 200),
+    Route("GET", "/api/v1/plan", "member", 200),
+    Route("GET", "/api/v1/api-keys", "owner", 200),
+    Route("POST", "/api/v1/api-keys", "owner", 201,
+          lambda w: Call(json={"name": "CRM", "role": "member"})),
+    Route("DELETE", "/api/v1/api-keys/{key_id}", "owner", 204,
+          lambda w: Call(path={"key_id": w.fresh_key(w.a.id).id})),
+    Route("GET", "/api/v1/invitations", "owner", 200),
+    Route("POST", "/api/v1/invitations", "owner", 201,
+          lambda w: Call(json={"email": email(w), "role": "member"})),
+    Route("DELETE", "/api/v1/invitations/{invitation_id}", "owner", 204,
+          lambda w: Call(path={"invitation_id": w.fresh_invite(w.a.id).id})),
+    Route("GET", "/api/v1/audit", "owner", 200),
+]
+
+PAGES = [
+    Route("GET", "/admin/tenants", "operator", 200),
+    Route("POST", "/admin/tenants", "operator", 200,
+          lambda w: Call(form={"name": w.unique("Tenant"), "plan": "free"})),
+    Route("GET", "/admin/tenants/{tenant_id}", "operator", 200, fresh_tenant),
+    Route("PATCH", "/admin/tenants/{tenant_id}", "operator", 200,
+          lambda w: Call(path={"tenant_id": w.fresh_tenant().id},
+                         form={"name": w.unique("Renamed"), "plan": "premium"})),
+    Route("DELETE", "/admin/tenants/{tenant_id}", "operator", 200, deleted_tenant),
+    Route("POST", "/admin/tenants/{tenant_id}/suspend", "operator", 200, fresh_tenant),
+    Route("POST", "/admin/tenants/{tenant_id}/resume", "operator", 200, fresh_tenant),
+    Route("POST", "/admin/tenants/{tenant_id}/invitations", "operator", 200,
+          lambda w: Call(path={"tenant_id": w.fresh_tenant().id},
+                         form={"email": email(w), "role": "owner"})),
+    Route("POST", "/admin/tenants/{tenant_id}/api-keys", "operator", 200,
+          lambda w: Call(path={"tenant_id": w.fresh_tenant().id},
+                         form={"name": "CRM", "role": "owner"})),
+    Route("DELETE", "/admin/tenants/{tenant_id}/api-keys/{key_id}", "operator", 200,
+          fresh_tenant_key),
+    Route("GET", "/admin/plans", "operator", 200),
+    Route("POST", "/admin/plans", "operator", 200,
+          lambda w: Call(form={"id": f"p{w.unique('').strip()}", **plan_form()})),
+    Route("PUT", "/admin/plans/{plan_id}", "operator", 200,
+          lambda w: Call(path={"plan_id": w.fresh_plan().id}, form=plan_form(max_numbers=4))),
+    Route("DELETE", "/admin/plans/{plan_id}", "operator", 200,
+          lambda w: Call(path={"plan_id": w.fresh_plan().id})),
+    Route("GET", "/admin/audit", "operator", 200),
+    Route("GET", "/admin/api-keys", "operator", 200),
+    Route("POST", "/admin/api-keys", "operator", 200, lambda w: Call(form={"name": "deploy"})),
+    Route("DELETE", "/admin/api-keys/{key_id}", "operator", 200,
+          lambda w: Call(path={"key_id": w.fresh_key(None).id})),
+    Route("GET", "/settings/users", "owner", 200),
+    Route("POST", "/settings/invitations", "owner", 200,
+          lambda w: Call(form={"email": email(w), "role": "member"})),
+    Route("DELETE", "/settings/invitations/{invitation_id}", "owner", 200,
+          lambda w: Call(path={"invitation_id": w.fresh_invite(w.a.id).id})),
+    Route("PATCH", "/settings/users/{user_id}", "owner", 200,
+          lambda w: Call(path={"user_id": w.fresh_member(w.a.id).id}, form={"role": "owner"})),
+    Route("DELETE", "/settings/users/{user_id}", "owner", 200,
+          lambda w: Call(path={"user_id": w.fresh_member(w.a.id).id})),
+    Route("GET", "/settings/api-keys", "owner", 200),
+    Route("POST", "/settings/api-keys", "owner", 200,
+          lambda w: Call(form={"name": "CRM", "role": "member"})),
+    Route("DELETE", "/settings/api-keys/{key_id}", "owner", 200,
+          lambda w: Call(path={"key_id": w.fresh_key(w.a.id).id})),
+    Route("GET", "/settings/audit", "owner", 200),
+    Route("GET", "/settings/plan", "member", 200),
+]
+
+
+def expected(route: Route, who: str) -> int:
+    if who in ("anonymous", "revoked"):
+        return 401
+    if route.guard == "operator":
+        return route.ok if who == "operator" else 403
+    if who == "operator" or (who == "member" and route.guard == "owner"):
+        return 403
+    if who == "other" and route.names_an_object:
+        return 404
+    return route.ok
+
+
+def test_every_route_has_a_scenario(world: World) -> None:
+    """Routes come from the app: a new one without a row in these tables fails here."""
+    served = set()
+    for route in world.client.app.routes:
+        if not route.path_format.startswith(("/api/v1", "/admin", "/settings")):
+            continue
+        for method in getattr(route, "methods", ()):
+            if method not in ("HEAD", "OPTIONS"):
+                served.add(f"{method} {route.path_format}")
+    listed = {r.id for r in API} | {r.id for r in PAGES}
+    missing, gone = sorted(served - listed), sorted(listed - served)
+    assert not missing, f"routes without access scenarios (add rows to API or PAGES): {missing}"
+    assert not gone, f"scenarios for routes that no longer exist: {gone}"
+
+
+def _check(world: World, route: Route, who: str, send: Callable[[Call], Response]) -> None:
+    call = route.build(world)
+    started = world.clock() + 1  # the request happens on the next tick
+    response = send(call)
+    want = expected(route, who)
+    path = route.path.format(**call.path)
+    if want == 401 and not path.startswith("/api/"):
+        # A signed-out browser is sent to the login page, which brings it back afterwards.
+        here = response.request.url.raw_path.decode()  # path and query, as sent
+        login = f"/login?next={quote(here, safe='/')}"
+        if route.method == "GET":
+            want = 303
+            assert response.headers["location"] == login
+        else:
+            assert response.headers["hx-redirect"] == login
+    assert response.status_code == want, response.text
+    body = response.text
+    if who == "other":
+        # Nothing of tenant A: not its name, id, people or the object asked about.
+        leaks = [world.a.name, world.a.id, world.users["owner"].email, *call.path.values()]
+        assert not [leak for leak in leaks if leak in body], body
+    written = world.audit_since(started)
+    if want < 300 and route.method != "GET":
+        assert written, f"{route.id} changed something without an audit row"
+    else:
+        assert not written, f"{route.id} as {who} wrote {written}"
+
+
+@pytest.mark.parametrize("who", WHO)
+@pytest.mark.parametrize("route", API, ids=lambda r: r.id)
+def test_api_access(world: World, route: Route, who: str) -> None:
+    def send(call: Call) -> Response:
+        path = route.path.format(**call.path)
+        return world.api(who, route.method, path, json=call.json, query=call.query)
+
+    _check(world, route, who, send)
+
+
+@pytest.mark.parametrize("who", WHO)
+@pytest.mark.parametrize("route", PAGES, ids=lambda r: r.id)
+def test_page_access(world: World, route: Route, who: str) -> None:
+    def send(call: Call) -> Response:
+        path = route.path.format(**call.path)
+        return world.page(who, route.method, path, form=call.form, query=call.query)
+
+    _check(world, route, who, send)
