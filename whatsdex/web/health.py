@@ -5,6 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from litestar import Response, get
+from litestar.di import NamedDependency
 from litestar.status_codes import HTTP_200_OK, HTTP_503_SERVICE_UNAVAILABLE
 
 from whatsdex import __version__
@@ -19,7 +20,7 @@ def healthz() -> dict[str, str]:
 
 
 @get("/readyz", tags=["operations"])
-async def readyz(services: Services) -> Response[dict[str, Any]]:
+async def readyz(services: NamedDependency[Services]) -> Response[dict[str, Any]]:
     """Ready when the data file is open and every migration this binary knows is applied."""
     checks: dict[str, Any] = {"store": "closed", "migrations": "unknown"}
     ready = False
