@@ -50,6 +50,11 @@ class Settings:
     session_idle_minutes: int = 60
     session_max_hours: int = 12
     engine_hosts: int = 1
+    send_min_gap_seconds: float = 1.0
+    send_jitter_seconds: float = 1.0
+    number_daily_cap: int = 1000
+    allow_private_webhooks: bool = False
+    allow_private_urls: bool = False
 
     @property
     def db_path(self) -> Path:
@@ -146,6 +151,27 @@ def _positive(raw: Any) -> int:
     return value
 
 
+def _seconds(raw: Any) -> float:
+    try:
+        value = float(str(raw).strip())
+    except ValueError:
+        raise ValueError(f"must be a number of seconds, got {raw!r}") from None
+    if not 0 <= value <= 3600:
+        raise ValueError(f"must be between 0 and 3600 seconds, got {value}")
+    return value
+
+
+def _bool(raw: Any) -> bool:
+    if isinstance(raw, bool):
+        return raw
+    value = str(raw).strip().lower()
+    if value in ("1", "true", "yes", "on"):
+        return True
+    if value in ("0", "false", "no", "off"):
+        return False
+    raise ValueError(f"must be true or false, got {raw!r}")
+
+
 def _url(raw: Any) -> str:
     value = str(raw).strip().rstrip("/")
     if not value.startswith(("http://", "https://")):
@@ -168,6 +194,11 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "session_idle_minutes": _positive,
     "session_max_hours": _positive,
     "engine_hosts": _positive,
+    "send_min_gap_seconds": _seconds,
+    "send_jitter_seconds": _seconds,
+    "number_daily_cap": _positive,
+    "allow_private_webhooks": _bool,
+    "allow_private_urls": _bool,
 }
 
 # Shown by `--help` and checked against the README by a test, so no setting goes undocumented.
@@ -188,4 +219,9 @@ DESCRIPTIONS: dict[str, str] = {
     "session_idle_minutes": "Dashboard sessions end after this many idle minutes.",
     "session_max_hours": "Dashboard sessions end this many hours after login, active or not.",
     "engine_hosts": "Engine host processes the numbers are spread over (crash isolation).",
+    "send_min_gap_seconds": "Least time between two sends of one number.",
+    "send_jitter_seconds": "Random extra time (0 to this) added to each gap between sends.",
+    "number_daily_cap": "Most messages one number sends per UTC day; the rest wait.",
+    "allow_private_webhooks": "Let webhooks target loopback and private network addresses.",
+    "allow_private_urls": "Let media URLs point at loopback and private network addresses.",
 }

@@ -87,6 +87,19 @@ def serve(
     session_max_hours: Annotated[
         str | None, _opt("session_max_hours", "--session-max-hours")
     ] = None,
+    send_min_gap_seconds: Annotated[
+        str | None, _opt("send_min_gap_seconds", "--send-min-gap-seconds")
+    ] = None,
+    send_jitter_seconds: Annotated[
+        str | None, _opt("send_jitter_seconds", "--send-jitter-seconds")
+    ] = None,
+    number_daily_cap: Annotated[str | None, _opt("number_daily_cap", "--number-daily-cap")] = None,
+    allow_private_webhooks: Annotated[
+        bool | None, _opt("allow_private_webhooks", "--allow-private-webhooks")
+    ] = None,
+    allow_private_urls: Annotated[
+        bool | None, _opt("allow_private_urls", "--allow-private-urls")
+    ] = None,
 ) -> None:
     """Run WhatsDeX: dashboard, API, sessions, campaigns and webhooks in one process."""
     settings = settings_from(
@@ -103,6 +116,11 @@ def serve(
         secret_key_file=secret_key_file,
         session_idle_minutes=session_idle_minutes,
         session_max_hours=session_max_hours,
+        send_min_gap_seconds=send_min_gap_seconds,
+        send_jitter_seconds=send_jitter_seconds,
+        number_daily_cap=number_daily_cap,
+        allow_private_webhooks=allow_private_webhooks,
+        allow_private_urls=allow_private_urls,
     )
     logs.configure(settings.log_level, settings.log_format)
     lock = DataDirLock(settings.lock_path)
