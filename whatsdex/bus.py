@@ -34,6 +34,11 @@ class EventBus:
                     queue.get_nowait()
             queue.put_nowait(event)
 
+    def close(self) -> None:
+        """Tell every open stream the server is stopping, so it ends instead of being waited for."""
+        for tenant_id in list(self._subscribers):
+            self.publish(BusEvent(tenant_id, "server.closing"))
+
     def subscriber_count(self, tenant_id: str) -> int:
         return len(self._subscribers.get(tenant_id, ()))
 

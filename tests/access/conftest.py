@@ -15,6 +15,7 @@ is "audit rows stamped at or after its second".
 from __future__ import annotations
 
 import itertools
+import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -32,7 +33,7 @@ from whatsdex.identity import apikeys, links, logins, tenants, users
 from whatsdex.identity.principal import CLI
 from whatsdex.services import Services
 from whatsdex.settings import Settings
-from whatsdex.store import Store
+from whatsdex.store import Store, wa_sessions
 from whatsdex.store import users as user_rows
 from whatsdex.store.ids import new_id
 from whatsdex.store.records import ApiKey, LinkToken, Plan, Tenant, User
@@ -122,6 +123,26 @@ class World:
                     max_webhooks=0, created_at="", updated_at="")
         return self.run(tenants.save_plan, self.db, CLI, plan, now=self.clock())
 
+    def fresh_number(self, status: str = "pairing") -> str:
+        """A number of tenant A in `status` (pairing, connected or stopped)."""
+        sup = self.services.supervisor
+        assert sup is not None
+        row = self.run(sup.create, self.a.id, CLI, name=self.unique("Number"))
+
+        def wait(wanted: str) -> None:
+            deadline = time.monotonic() + 10
+            while self.run(wa_sessions.get, self.db, self.a.id, row.id).status != wanted:
+                assert time.monotonic() < deadline
+                time.sleep(0.02)
+
+        wait("pairing")
+        if status == "connected":
+            self.run(sup.sandbox, self.a.id, row.id, action="scan", phone="+15550000001")
+            wait("connected")
+        elif status == "stopped":
+            self.run(sup.stop_session, self.a.id, row.id)
+        return row.id
+
     # -- database facts --------------------------------------------------------------------------
 
     def fetchval(self, sql: str, params: tuple[Any, ...] = ()) -> Any:
@@ -161,7 +182,11 @@ async def _populate(world: World) -> None:
     limits = world.services.session_limits
     await users.create_operator(db, CLI, email="operator@agency.example", password=PASSWORD,
                                 now=now)
-    world.a = await tenants.create_tenant(db, CLI, name="Acme Bakery", now=now)
+    wide = Plan(id="wide", name="Wide", max_numbers=500, max_messages_per_day=10,
+                max_contacts=10, max_active_campaigns=1, max_webhooks=1, created_at="",
+                updated_at="")
+    await tenants.save_plan(db, CLI, wide, now=now)
+    world.a = await tenants.create_tenant(db, CLI, name="Acme Bakery", plan_id="wide", now=now)
     world.b = await tenants.create_tenant(db, CLI, name="Zenith Dental", now=now)
     people = {"owner": (world.a, "owner@acme-bakery.example", "owner"),
               "member": (world.a, "member@acme-bakery.example", "member"),

@@ -27,7 +27,7 @@ def test_me_names_the_key_its_tenant_and_plan(world: World) -> None:
     assert me["identity"] == {"kind": "api_key", "id": me["identity"]["id"], "name": "main",
                               "role": "member"}
     assert me["tenant"]["id"] == world.a.id and me["tenant"]["name"] == "Acme Bakery"
-    assert me["plan"]["id"] == "free"
+    assert me["plan"]["id"] == world.a.plan_id
     assert all(isinstance(me["plan"][limit], int) for limit in LIMITS)
 
 
@@ -35,7 +35,7 @@ def test_plan_shows_limits_and_the_counts_that_exist(world: World) -> None:
     usage = world.api("member", "GET", "/api/v1/plan").json()
     assert [row["limit"] for row in usage["limits"]] == list(LIMITS)
     free = world.api("operator", "GET", "/api/v1/admin/plans").json()
-    allowed = next(p for p in free if p["id"] == "free")
+    allowed = next(p for p in free if p["id"] == world.a.plan_id)
     assert all(row["allowed"] == allowed[row["limit"]] for row in usage["limits"])
     users_in_a = world.fetchval("SELECT count(*) FROM users WHERE tenant_id = ?", (world.a.id,))
     active = world.fetchval("SELECT count(*) FROM api_keys WHERE tenant_id = ? "

@@ -252,7 +252,7 @@ def test_plan_page_shows_each_limit(world: World, parse_html: Any) -> None:
     limits = {r.attrs["data-limit"]: r for r in rows if "data-limit" in r.attrs}
     assert list(limits) == list(LIMITS)
     free = next(p for p in world.api("operator", "GET", "/api/v1/admin/plans").json()
-                if p["id"] == "free")
+                if p["id"] == world.a.plan_id)
     for limit, row in limits.items():
         assert row.find_all("td")[2].text == str(free[limit])
 
