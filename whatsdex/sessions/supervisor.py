@@ -367,7 +367,9 @@ class Supervisor:
                 self._on_stopped(live, event.reason)
 
     def _on_stopped(self, live: Live, reason: str) -> None:
-        expected = live.stopping or live.status in RESTING or live.status == "banned"
+        # Not running any more (e.g. after ConnectFailed, already handled): nothing to add.
+        expected = (not live.running or live.stopping or live.status in RESTING
+                    or live.status == "banned")
         live.running = False
         live.stopping = False
         if not expected and live.desired == "running" and not self._closing:
