@@ -27,7 +27,7 @@ from whatsdex.identity.principal import Principal
 from whatsdex.identity.tenants import clean_name
 from whatsdex.sessions import protocol
 from whatsdex.sessions.engine import EngineOptions
-from whatsdex.sessions.hosts import EngineHost, HostGone, HostPool
+from whatsdex.sessions.hosts import EngineHost, HostGone, HostPool, HostStartFailed
 from whatsdex.sessions.vault import RESTORE_NOTE, Vault, runtime_root
 from whatsdex.settings import Settings
 from whatsdex.store import Store, wa_sessions, wastore
@@ -112,16 +112,7 @@ class Supervisor:
         instance_id = await self.store.fetchval("SELECT value FROM instance WHERE key = 'id'")
         root = await asyncio.to_thread(runtime_root, self.settings, str(instance_id))
         self.vault = Vault(root, self.store, self.keyring, self.clock)
-        options = EngineOptions(
-            data_dir=self.settings.data_dir,
-            sandbox_record=self.settings.data_dir / "sandbox-network.db"
-            if self.settings.engine == "sandbox" else None,
-        )
-        self.pool = HostPool(
-            self.settings.engine_hosts, self.settings.engine, options,
-            on_event=self._on_event, on_restart=self._on_host_restart,
-            on_crash=self._on_host_crash,
-        )
+        self.pool = self._new_pool()
         sessions = await wa_sessions.list_all(self.store)
         removed = await asyncio.to_thread(self.vault.remove_orphans, {s.id for s in sessions})
         if removed:
@@ -210,9 +201,11 @@ class Supervisor:
             if live.retry is not None:
                 live.retry.cancel()
                 live.retry = None
-            await self._ensure_pool()
             try:
+                await self._ensure_pool()
                 prepared = await self.vault.prepare(live.tenant_id, live.id)
+            except HostStartFailed as exc:
+                error, retryable = f"the engine host could not start: {exc}", True
             except DecryptionError as exc:
                 # Retrying cannot help; left unhandled the number would say "connecting" forever.
                 error, retryable = exc.message, False
@@ -237,12 +230,29 @@ class Supervisor:
                 error, retryable = reply.error, reply.retryable
         await self._failed_to_connect(live, error, retryable=retryable)
 
+    def _new_pool(self) -> HostPool:
+        options = EngineOptions(
+            data_dir=self.settings.data_dir,
+            sandbox_record=self.settings.data_dir / "sandbox-network.db"
+            if self.settings.engine == "sandbox" else None,
+        )
+        return HostPool(
+            self.settings.engine_hosts, self.settings.engine, options,
+            on_event=self._on_event, on_restart=self._on_host_restart,
+            on_crash=self._on_host_crash,
+        )
+
     async def _ensure_pool(self) -> None:
         """Engine hosts start with the first number that needs one (none cost nothing)."""
         assert self.pool is not None
         async with self._pool_lock:
             if not self._pool_started:
-                await self.pool.start()
+                try:
+                    await self.pool.start()
+                except Exception:
+                    # A pool that failed to start has stopped itself: the next try gets a new one.
+                    self.pool = self._new_pool()
+                    raise
                 self._pool_started = True
 
     async def _failed_to_connect(self, live: Live, reason: str, *, retryable: bool) -> None:
