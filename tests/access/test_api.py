@@ -44,7 +44,8 @@ def test_plan_shows_limits_and_the_counts_that_exist(world: World) -> None:
     used = {row["limit"]: row["used"] for row in usage["limits"]}
     numbers = world.fetchval("SELECT count(*) FROM wa_sessions WHERE tenant_id = ?",
                              (world.a.id,))
-    assert used == {**dict.fromkeys(LIMITS), "max_numbers": numbers}
+    contacts = world.fetchval("SELECT count(*) FROM contacts WHERE tenant_id = ?", (world.a.id,))
+    assert used == {**dict.fromkeys(LIMITS), "max_numbers": numbers, "max_contacts": contacts}
 
 
 def test_a_key_is_shown_once_and_never_its_hash(world: World) -> None:

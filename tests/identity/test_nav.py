@@ -13,9 +13,9 @@ from .conftest import OPERATOR_EMAIL, OPERATOR_PASSWORD, Site
 
 LINKS = {
     "operator": ["/admin/tenants", "/admin/plans", "/admin/audit", "/admin/api-keys"],
-    "owner": ["/numbers", "/settings/users", "/settings/api-keys", "/settings/audit",
-              "/settings/plan"],
-    "member": ["/numbers"],
+    "owner": ["/numbers", "/inbox", "/contacts", "/templates", "/campaigns", "/webhooks",
+              "/settings/users", "/settings/api-keys", "/settings/audit", "/settings/plan"],
+    "member": ["/numbers", "/inbox", "/contacts", "/templates", "/campaigns", "/settings/plan"],
 }
 
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import typer
 
-from whatsdex.cli import backup, database, doctor, identity, keys, sandbox, serve
+from whatsdex.cli import backup, contacts, database, doctor, identity, keys, sandbox, serve
 
 app = typer.Typer(
     name="whatsdex",
@@ -24,6 +24,7 @@ app.add_typer(identity.tenant_app, name="tenant")
 app.add_typer(identity.apikey_app, name="apikey")
 app.add_typer(keys.key_app, name="key")
 app.add_typer(sandbox.sandbox_app, name="sandbox")
+app.add_typer(contacts.contacts_app, name="contacts")
 app.command("engine-check", hidden=True)(doctor.engine_check)
 
 

@@ -18,7 +18,7 @@ from whatsdex.errors import NotFound
 from whatsdex.identity import apikeys, links, users
 from whatsdex.identity.tenants import get_tenant
 from whatsdex.services import Services
-from whatsdex.store import Store, wa_sessions
+from whatsdex.store import Store, contact_lists, wa_sessions
 from whatsdex.store import apikeys as key_store
 from whatsdex.store import links as link_store
 from whatsdex.store import plans as plan_store
@@ -51,7 +51,10 @@ async def _numbers(db: Store, tenant_id: str) -> int:
 
 # How much of each plan limit a tenant uses, keyed by limit name. Add a counter here as each
 # resource arrives (contacts, campaigns, webhooks, messages per day); absent ones show null.
-USAGE_COUNTERS: dict[str, Callable[[Store, str], Awaitable[int]]] = {"max_numbers": _numbers}
+USAGE_COUNTERS: dict[str, Callable[[Store, str], Awaitable[int]]] = {
+    "max_numbers": _numbers,
+    "max_contacts": contact_lists.count_async,
+}
 
 
 async def plan_usage(services: Services, tenant_id: str) -> PlanUsage:

@@ -1,0 +1,2 @@
+"""Message templates: the template language (`syntax`) and saving, checking and previewing
+templates (`service`)."""
