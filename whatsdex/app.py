@@ -22,9 +22,11 @@ from whatsdex.web import health
 from whatsdex.web.api import admin as api_admin
 from whatsdex.web.api import contacts as api_contacts
 from whatsdex.web.api import events as api_events
+from whatsdex.web.api import messages as api_messages
 from whatsdex.web.api import sandbox as api_sandbox
 from whatsdex.web.api import sessions as api_sessions
 from whatsdex.web.api import templates as api_templates
+from whatsdex.web.api import webhooks as api_webhooks
 from whatsdex.web.api import workspace as api_workspace
 from whatsdex.web.auth import identity_middleware
 from whatsdex.web.errors import handle_exception
@@ -36,8 +38,10 @@ from whatsdex.web.ui import auth as ui_auth
 from whatsdex.web.ui import client_link as ui_client_link
 from whatsdex.web.ui import contacts as ui_contacts
 from whatsdex.web.ui import home
+from whatsdex.web.ui import inbox as ui_inbox
 from whatsdex.web.ui import numbers as ui_numbers
 from whatsdex.web.ui import templates as ui_templates
+from whatsdex.web.ui import webhooks as ui_webhooks
 from whatsdex.web.ui import workspace as ui_workspace
 
 log = logging.getLogger(__name__)
@@ -94,6 +98,10 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
             *api_templates.ROUTES,
             *ui_contacts.ROUTES,
             *api_contacts.ROUTES,
+            *ui_inbox.ROUTES,
+            *api_messages.ROUTES,
+            *ui_webhooks.ROUTES,
+            *api_webhooks.ROUTES,
             create_static_files_router(
                 path="/static", directories=[WEB_DIR / "static"], include_in_schema=False
             ),

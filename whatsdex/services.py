@@ -21,13 +21,19 @@ from apscheduler.triggers.interval import IntervalTrigger
 from whatsdex import backups
 from whatsdex.bus import EventBus
 from whatsdex.clock import Clock, system_clock
+from whatsdex.contacts.optout import KeywordReplies
 from whatsdex.crypto.keyring import Keyring
 from whatsdex.crypto.masterkey import open_master_key
 from whatsdex.identity import links, logins
+from whatsdex.messaging.delivery import DeliveryService
+from whatsdex.messaging.inbound import MessageIngest
+from whatsdex.messaging.media import MediaLibrary
+from whatsdex.messaging.outbox import Outbox
 from whatsdex.sessions.supervisor import Supervisor
 from whatsdex.settings import Settings
 from whatsdex.store import Store, users
 from whatsdex.tasks import BackgroundTasks
+from whatsdex.webhooks.dispatcher import WebhookDispatcher
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +47,11 @@ class Services:
     started_at: float = 0.0
     clock: Clock = system_clock
     keyring: Keyring | None = None
+    media: MediaLibrary | None = None
+    ingest: MessageIngest | None = None
+    delivery: DeliveryService | None = None
+    outbox: Outbox | None = None
+    webhooks: WebhookDispatcher | None = None
     bus: EventBus = field(default_factory=EventBus)
     supervisor: Supervisor | None = None
     # Signs CSRF cookies; derived from the master key at start so it survives restarts.
@@ -67,10 +78,27 @@ class Services:
         )
         self.keyring = Keyring(self.store, master.key)
         self.csrf_secret = hmac.new(master.key, b"whatsdex csrf", hashlib.sha256).hexdigest()
+        self.media = MediaLibrary(self.store, self.settings, self.clock)
+        # Inbound messages are committed by the ingest before the engine acknowledges them:
+        # it must be in place before any number reconnects.
+        self.ingest = MessageIngest(self.store, self.bus, self.clock)
         self.supervisor = Supervisor(
             self.settings, self.store, self.keyring, self.bus, self.tasks, self.clock
         )
+        self.supervisor.message_handler = self.ingest.handle
+        self.delivery = DeliveryService(
+            self.store, self.supervisor, self.bus, self.settings, self.clock
+        )
+        self.outbox = Outbox(
+            self.store, self.settings, self.clock, self.media, on_queued=self.delivery.wake
+        )
+        self.ingest.after_inbound.append(KeywordReplies(self.store, self.outbox, self.tasks))
+        self.webhooks = WebhookDispatcher(
+            self.store, self.keyring, self.settings, self.clock, self.bus
+        )
         await self.supervisor.start()
+        await self.delivery.start()
+        await self.webhooks.start()
         self.scheduler = AsyncIOScheduler(timezone="UTC")
         if self.settings.backup_interval_minutes > 0:
             self.scheduler.add_job(
@@ -85,6 +113,11 @@ class Services:
         self.scheduler.add_job(
             self._purge_sessions, IntervalTrigger(minutes=10), id="purge-sessions",
             name="purge timed-out sessions", max_instances=1, coalesce=True,
+        )
+        self.scheduler.add_job(
+            self.outbox.purge_idempotency_keys, IntervalTrigger(hours=1),
+            id="purge-idempotency-keys", name="forget idempotency keys after 24 h",
+            max_instances=1, coalesce=True,
         )
         self.scheduler.start()
         self.started_at = time.time()
@@ -108,8 +141,14 @@ class Services:
         """Stop in reverse order; the writer finishes queued writes before the file closes."""
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        if self.delivery is not None:
+            await self.delivery.stop()
         if self.supervisor is not None:
             await self.supervisor.stop()
+        if self.ingest is not None:
+            await self.ingest.stop()
+        if self.webhooks is not None:
+            await self.webhooks.stop()
         await self.tasks.close()
         await self.store.aclose()
 

@@ -34,6 +34,7 @@ from whatsdex.store import Store, wa_sessions, wastore
 from whatsdex.store.ids import new_id
 from whatsdex.store.records import WaSession
 from whatsdex.tasks import BackgroundTasks
+from whatsdex.webhooks import outbox as webhook_outbox
 
 log = logging.getLogger(__name__)
 
@@ -166,10 +167,18 @@ class Supervisor:
         if status == live.status and reason == live.reason:
             return
         now = iso(self.clock())
-        previous = await self.store.write(
-            lambda conn: wa_sessions.set_status(conn, live.tenant_id, live.id, status=status,
-                                                reason=reason, now=now)
-        )
+        event = {"id": live.id, "status": status, "reason": reason, "since": now}
+
+        def write(conn: sqlite3.Connection) -> str | None:
+            previous = wa_sessions.set_status(conn, live.tenant_id, live.id, status=status,
+                                              reason=reason, now=now)
+            if previous is not None:
+                # The webhook event commits with the transition it reports.
+                webhook_outbox.enqueue(conn, live.tenant_id, "session.status",
+                                       {**event, "previous": previous}, now=now)
+            return previous
+
+        previous = await self.store.write(write)
         if previous is None:  # deleted meanwhile
             return
         live.status = status
