@@ -15,7 +15,6 @@ from dataclasses import dataclass
 import httpx
 import pytest
 import uvicorn
-from inbox.conftest import wire
 from playwright.sync_api import Page, expect
 
 from whatsdex.app import create_app
@@ -104,10 +103,8 @@ def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[InboxServe
     with ThreadPoolExecutor(1) as worker:
         tenant_id, key = worker.submit(asyncio.run, _workspace(settings)).result()
     services = Services.build(settings)
-    app = create_app(settings, services)
-    wire(app, services)
-    config = uvicorn.Config(app, lifespan="on", log_config=None, access_log=False,
-                            timeout_graceful_shutdown=5)
+    config = uvicorn.Config(create_app(settings, services), lifespan="on", log_config=None,
+                            access_log=False, timeout_graceful_shutdown=5)
     server = uvicorn.Server(config)
     thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]},
                               name="inbox-server", daemon=True)

@@ -15,22 +15,15 @@ from typing import Any
 
 import httpx
 import pytest
-from litestar import Litestar
 from litestar.middleware.csrf import generate_csrf_token
 from litestar.testing import TestClient
 from web_sessions.conftest import BASE_URL, PUBLIC_URL, Env, SseStream, _populate
 
 from whatsdex.app import create_app
-from whatsdex.messaging.delivery import DeliveryService
-from whatsdex.messaging.inbound import MessageIngest
-from whatsdex.messaging.media import MediaLibrary
-from whatsdex.messaging.outbox import Outbox
 from whatsdex.services import Services
 from whatsdex.sessions import sandbox_network
 from whatsdex.settings import Settings
-from whatsdex.web.api import messages as api_messages
 from whatsdex.web.auth import SESSION_COOKIE
-from whatsdex.web.ui import inbox as ui_inbox
 
 WAIT = 10.0
 PROGRESS = ["queued", "sending", "sent", "delivered", "read", "played"]
@@ -41,7 +34,7 @@ PNG = (b"\x89PNG\r\n\x1a\n\x00\x00\x00\rIHDR\x00\x00\x00\x01\x00\x00\x00\x01\x08
        b"\x00\x00\x00\x00IEND\xaeB`\x82")
 PDF = b"%PDF-1.4\n1 0 obj << /Type /Catalog >> endobj\ntrailer << /Root 1 0 R >>\n%%EOF\n"
 
-__all__ = ["PDF", "PNG", "Inbox", "SseStream", "wait_until", "wire"]
+__all__ = ["PDF", "PNG", "Inbox", "SseStream", "wait_until"]
 
 
 def wait_until(check: Callable[[], Any], what: str, timeout: float = WAIT) -> Any:
@@ -117,55 +110,11 @@ class Inbox(Env):
         return self.run(self.services.store.fetchval, sql, params)
 
 
-async def attach_messaging(services: Services) -> list[Any]:
-    """The messaging services, attached as `services.py` attaches them when it does not yet;
-    returns what was started here (to stop it before the services stop)."""
-    if getattr(services, "outbox", None) is not None:
-        return []
-    supervisor = services.supervisor
-    assert supervisor is not None
-    library = MediaLibrary(services.store, services.settings, services.clock)
-    ingest = MessageIngest(services.store, services.bus, services.clock)
-    supervisor.message_handler = ingest.handle
-    delivery = DeliveryService(services.store, supervisor, services.bus, services.settings,
-                               services.clock)
-    await delivery.start()
-    outbox = Outbox(services.store, services.settings, services.clock, library,
-                    on_queued=delivery.wake)
-    for name, value in (("media", library), ("ingest", ingest), ("delivery", delivery),
-                        ("outbox", outbox)):
-        setattr(services, name, value)
-    return [delivery, ingest]
-
-
-def wire(app: Litestar, services: Services) -> None:
-    """This feature's routes and services, added as `app.py` and `services.py` add them when
-    they do not (yet): a no-op once they do."""
-    if not any(route.path == "/inbox" for route in app.routes):
-        for route in (*api_messages.ROUTES, *ui_inbox.ROUTES):
-            app.register(route)
-    start, stop = services.start, services.stop
-    started: list[Any] = []
-
-    async def start_all() -> None:
-        await start()
-        started.extend(await attach_messaging(services))
-
-    async def stop_all() -> None:
-        for service in started:
-            await service.stop()
-        await stop()
-
-    services.start = start_all  # type: ignore[method-assign]
-    services.stop = stop_all  # type: ignore[method-assign]
-
-
 def build_inbox(data_dir: Path) -> Iterator[Inbox]:
     settings = Settings(data_dir=data_dir, engine="sandbox", backup_interval_minutes=0,
                         public_url=PUBLIC_URL, send_min_gap_seconds=0.0, send_jitter_seconds=0.0)
     services = Services.build(settings)
     app = create_app(settings, services)
-    wire(app, services)
     with TestClient(app, base_url=BASE_URL) as client:
         env = Inbox(client=client, services=services)
         env.csrf = generate_csrf_token(services.csrf_secret)

@@ -127,6 +127,7 @@ def test_received_media_is_downloaded_on_demand(env: Inbox, parse_html: Any,
         fetched = env.api("member", "GET", f"/api/v1/messages/{message_id}/media")
         assert fetched.status_code == 200 and fetched.content == PNG
         assert fetched.headers["content-type"] == "image/png"
+        assert f'filename="{message_id}.png"' in fetched.headers["content-disposition"]
     assert len(asked) == 1, "downloaded once, then kept"
     assert asked[0]["tenant"] == env.a.id and asked[0]["message"] == "ZW5naW5lLW9ubHk="
     page = parse_html(env.page("member", "GET", f"/inbox?chat={chat_id}").text)

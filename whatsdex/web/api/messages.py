@@ -7,6 +7,7 @@ the answers. The inbox pages call the same operations (`ui/inbox.py`).
 
 from __future__ import annotations
 
+import mimetypes
 import re
 from typing import Annotated, Any
 from urllib.parse import quote
@@ -132,10 +133,13 @@ async def store_upload(services: Services, tenant_id: str, upload: UploadFile) -
 async def message_media(services: Services, tenant_id: str, message_id: str
                         ) -> tuple[Media, bytes]:
     """A message's media bytes, fetched from WhatsApp on demand for received media."""
+    library = media_of(services)
     try:
-        return await media_of(services).download(tenant_id, message_id)
+        return await library.download(tenant_id, message_id)
     except Unavailable as exc:
-        # Not a passing outage: this engine cannot fetch received media at all.
+        if library.fetch_inbound is not None:
+            raise  # a passing outage (the engine host restarting): worth a retry
+        # This engine cannot fetch received media at all: no retry will help.
         raise NotFound(exc.message, {"reason": "not_supported"}) from None
 
 
@@ -153,9 +157,11 @@ def content_disposition(disposition: str, filename: str) -> str:
 
 def file_response(row: Media, data: bytes, *, name: str, mimetype: str | None = None,
                   disposition: str = "attachment") -> Response[bytes]:
-    """Stored bytes as a file, for this site only."""
+    """Stored bytes as a file, for this site only; unnamed files are named after their id."""
+    base_type = row.mimetype.split(";", 1)[0].strip()
+    filename = row.filename or name + (mimetypes.guess_extension(base_type) or "")
     return Response(data, media_type=mimetype or row.mimetype, headers={
-        "Content-Disposition": content_disposition(disposition, row.filename or name),
+        "Content-Disposition": content_disposition(disposition, filename),
         "Cross-Origin-Resource-Policy": "same-origin",
         "Cache-Control": "private, max-age=3600",
     })
