@@ -45,7 +45,9 @@ def test_plan_shows_limits_and_the_counts_that_exist(world: World) -> None:
     numbers = world.fetchval("SELECT count(*) FROM wa_sessions WHERE tenant_id = ?",
                              (world.a.id,))
     contacts = world.fetchval("SELECT count(*) FROM contacts WHERE tenant_id = ?", (world.a.id,))
-    assert used == {**dict.fromkeys(LIMITS), "max_numbers": numbers, "max_contacts": contacts}
+    hooks = world.fetchval("SELECT count(*) FROM webhooks WHERE tenant_id = ?", (world.a.id,))
+    assert used == {**dict.fromkeys(LIMITS), "max_numbers": numbers, "max_contacts": contacts,
+                    "max_webhooks": hooks}
 
 
 def test_a_key_is_shown_once_and_never_its_hash(world: World) -> None:

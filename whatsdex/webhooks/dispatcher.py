@@ -135,7 +135,9 @@ class WebhookDispatcher:
         self._poll_interval = poll_interval
         self._resolver = resolver
         self._wake = asyncio.Event()
-        self._in_flight: dict[str, asyncio.Task[None]] = {}  # webhook id -> its one attempt
+        self._in_flight: dict[str, asyncio.Task[None]] = {}  # webhook id -> its one turn
+        self._finishes = 0  # turns finished so far, and when each webhook's last one did
+        self._last_finish: dict[str, int] = {}
         self._loop: asyncio.Task[None] | None = None
         self._client: httpx.AsyncClient | None = None
         self._last_purge = 0.0
@@ -193,11 +195,11 @@ class WebhookDispatcher:
         while True:
             started += await self._start_due()
             if not self._in_flight:
-                # A head skipped as possibly stale (its webhook just finished) is due again.
-                again = await self._start_due()
-                if not again:
+                # A head skipped as possibly stale (its turn just ended) is looked at again;
+                # the background loop may also have started it meanwhile.
+                started += await self._start_due()
+                if not self._in_flight:
                     return started
-                started += again
             done, _ = await asyncio.wait(list(self._in_flight.values()))
             await asyncio.sleep(0)  # let the finished tasks' callbacks run
             for task in done:
@@ -227,15 +229,16 @@ class WebhookDispatcher:
         now = iso(self._clock())
         if not await rows.any_due(self._store, now):
             return 0
-        # A webhook in flight while we read may finish meanwhile, leaving its row as we read it
-        # (stale): skip it now; its task wakes us, and the next read sees what it wrote.
-        busy = set(self._in_flight)
-        heads = await rows.due_heads(self._store, now, free + len(busy))
+        # A webhook whose turn ends while we read may have changed its rows after our read saw
+        # them (stale): skip it now; its task wakes us, and the next read sees what it wrote.
+        mark = self._finishes
+        heads = await rows.due_heads(self._store, now, free + len(self._in_flight))
         started = 0
         for head in heads:
             if len(self._in_flight) >= self._max:
                 break
-            if head.webhook_id in busy or head.webhook_id in self._in_flight:
+            if (head.webhook_id in self._in_flight
+                    or self._last_finish.get(head.webhook_id, 0) > mark):
                 continue
             task = asyncio.create_task(self._work(head), name=f"webhook {head.webhook_id}")
             self._in_flight[head.webhook_id] = task
@@ -246,6 +249,8 @@ class WebhookDispatcher:
     def _finished(self, webhook_id: str, task: asyncio.Task[None]) -> None:
         if self._in_flight.get(webhook_id) is task:
             del self._in_flight[webhook_id]
+        self._finishes += 1
+        self._last_finish[webhook_id] = self._finishes
         if task.cancelled():
             return
         if task.exception() is not None:

@@ -54,6 +54,7 @@ async def _numbers(db: Store, tenant_id: str) -> int:
 USAGE_COUNTERS: dict[str, Callable[[Store, str], Awaitable[int]]] = {
     "max_numbers": _numbers,
     "max_contacts": contact_lists.count_async,
+    "max_webhooks": webhook_rows.count,
 }
 
 

@@ -173,11 +173,12 @@ class Bar:
     note: str = ""
 
 
-FUNNEL_W, FUNNEL_ROW, FUNNEL_LABEL = 640.0, 34.0, 96.0
+# Drawn about as wide as they are shown (half a page), so the text keeps its size.
+FUNNEL_W, FUNNEL_ROW, FUNNEL_LABEL = 420.0, 30.0, 76.0
 
 
 def funnel_bars(found: stats.Stats) -> list[Bar]:
-    room = FUNNEL_W - FUNNEL_LABEL - 110.0
+    room = FUNNEL_W - FUNNEL_LABEL - 84.0
     bars = []
     for i, step in enumerate(found.funnel):
         width = max(2.0, room * step.share) if step.value else 0.0
@@ -189,7 +190,8 @@ def funnel_bars(found: stats.Stats) -> list[Bar]:
     return bars
 
 
-CHART_W, CHART_H, CHART_LEFT, CHART_BOTTOM, CHART_TOP = 640.0, 220.0, 44.0, 36.0, 12.0
+CHART_W, CHART_H, CHART_LEFT, CHART_BOTTOM, CHART_TOP = 420.0, 180.0, 40.0, 28.0, 12.0
+MAX_BAR = 40.0
 
 
 def hour_bars(found: stats.Stats, timezone: str) -> tuple[list[Bar], list[tuple[float, str]], int]:
@@ -203,12 +205,13 @@ def hour_bars(found: stats.Stats, timezone: str) -> tuple[list[Bar], list[tuple[
     plot_h = CHART_H - CHART_BOTTOM - CHART_TOP
     slot = plot_w / len(hours)
     bars, labels = [], []
-    every = max(1, len(hours) // 8)
+    every = max(1, len(hours) // 6)
     for i, (start, count) in enumerate(hours):
         local = datetime.fromtimestamp(start, tz)
         height = plot_h * count / top
-        bars.append(Bar(x=round(CHART_LEFT + i * slot + slot * 0.1, 1),
-                        y=round(CHART_TOP + plot_h - height, 1), width=round(slot * 0.8, 1),
+        width = min(slot * 0.8, MAX_BAR)
+        bars.append(Bar(x=round(CHART_LEFT + i * slot + (slot - width) / 2, 1),
+                        y=round(CHART_TOP + plot_h - height, 1), width=round(width, 1),
                         height=round(height, 1), label=f"{local:%H}:00", value=count,
                         fill=ACCENT, title=f"{local:%Y-%m-%d %H}:00: {count} sent"))
         if i % every == 0:
@@ -237,12 +240,13 @@ async def _report_context(services: Services, campaign: Campaign) -> dict[str, A
     found = await stats.stats(services.store, campaign)
     tenant = await get_tenant(services.store, campaign.tenant_id)
     timezone = campaign.timezone or tenant.timezone
-    bars, labels, top = hour_bars(found, timezone)
-    return {"c": campaign, "s": found, "funnel": funnel_bars(found), "hours": bars,
+    funnel = funnel_bars(found)
+    hours, labels, top = hour_bars(found, timezone)
+    return {"c": campaign, "s": found, "funnel": funnel, "hours": hours,
             "hour_labels": labels, "hour_top": top, "timezone": timezone,
             "chart": {"w": CHART_W, "h": CHART_H, "left": CHART_LEFT, "top": CHART_TOP,
                       "bottom": CHART_H - CHART_BOTTOM},
-            "funnel_h": 8 + len(bars) * FUNNEL_ROW, "funnel_w": FUNNEL_W}
+            "funnel_h": 8 + len(funnel) * FUNNEL_ROW, "funnel_w": FUNNEL_W}
 
 
 async def _recipients_context(services: Services, tenant_id: str, campaign: Campaign,
@@ -253,11 +257,17 @@ async def _recipients_context(services: Services, tenant_id: str, campaign: Camp
                                    after=cursor, limit=RECIPIENT_ROWS + 1)
     more = len(found) > RECIPIENT_ROWS
     items = found[:RECIPIENT_ROWS]
+    names = {n.id: n.name for n in await wa_sessions.list_for_tenant(services.store,
+                                                                      campaign.tenant_id)}
     query = f"&status={status}" if status else ""
     next_url = (f"/campaigns/{campaign.id}/recipients?cursor={items[-1].seq}{query}"
                 if more and items else None)
+    here = f"/campaigns/{campaign.id}/recipients" + (f"?status={status}" if status else "")
     return {"c": campaign, "recipients": items, "next_url": next_url, "status": status,
-            "badges": RECIPIENT_BADGES, "statuses": RECIPIENT_STATUSES}
+            "badges": RECIPIENT_BADGES, "statuses": RECIPIENT_STATUSES, "here": here,
+            "number_names": names,
+            # Until it ends, the first page follows the run (a page loaded further stays).
+            "live": campaign.status not in ("completed", "cancelled", "failed")}
 
 
 # -- Pages -----------------------------------------------------------------------------------------
