@@ -23,6 +23,7 @@ from whatsdex.store import apikeys as key_store
 from whatsdex.store import links as link_store
 from whatsdex.store import plans as plan_store
 from whatsdex.store import users as user_store
+from whatsdex.store import webhooks as webhook_rows
 from whatsdex.web.api.admin import Before, PageSize, audit_page, invite_url
 from whatsdex.web.api.schemas import (
     ApiKeyCreate,
