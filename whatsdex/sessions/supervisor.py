@@ -80,6 +80,9 @@ class Live:
     last_event_at: float = 0.0
     keepalive_lost_at: float | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Messages of one number commit in arrival order; numbers commit concurrently, so the
+    # store's writer groups many of them into one transaction.
+    message_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
 
 
 class Supervisor:
@@ -306,7 +309,13 @@ class Supervisor:
 
     async def _on_event(self, host: EngineHost, event: protocol.Event) -> None:
         if isinstance(event, protocol.InboundMessage | protocol.ReceiptEvent):
-            await self._on_message(host, event)
+            live = self.live.get(event.session)
+            if live is None:
+                await self._on_message(host, event)
+            else:
+                # Not awaited here: the host's reader moves on to other numbers' events.
+                # Tasks take the lock in creation order (asyncio locks are fair).
+                self._spawn(self._on_message_in_order(live, host, event), live)
             return
         if isinstance(event, protocol.Log):
             level = getattr(logging, event.level.upper(), logging.INFO)
@@ -321,6 +330,12 @@ class Supervisor:
         # Handled in a task of its own so the host's reader is never held up by the database;
         # the per-number lock keeps one number's events in order.
         self._spawn(self._handle(live, event), live)
+
+    async def _on_message_in_order(self, live: Live, host: EngineHost,
+                                   event: protocol.InboundMessage | protocol.ReceiptEvent,
+                                   ) -> None:
+        async with live.message_lock:
+            await self._on_message(host, event)
 
     async def _on_message(self, host: EngineHost,
                           event: protocol.InboundMessage | protocol.ReceiptEvent) -> None:
