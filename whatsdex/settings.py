@@ -55,6 +55,7 @@ class Settings:
     number_daily_cap: int = 1000
     allow_private_webhooks: bool = False
     allow_private_urls: bool = False
+    media_cache_mb: int = 1024
 
     @property
     def db_path(self) -> Path:
@@ -199,6 +200,7 @@ _PARSERS: dict[str, Callable[[Any], Any]] = {
     "number_daily_cap": _positive,
     "allow_private_webhooks": _bool,
     "allow_private_urls": _bool,
+    "media_cache_mb": _positive,
 }
 
 # Shown by `--help` and checked against the README by a test, so no setting goes undocumented.
@@ -224,4 +226,5 @@ DESCRIPTIONS: dict[str, str] = {
     "number_daily_cap": "Most messages one number sends per UTC day; the rest wait.",
     "allow_private_webhooks": "Let webhooks target loopback and private network addresses.",
     "allow_private_urls": "Let media URLs point at loopback and private network addresses.",
+    "media_cache_mb": "Most megabytes of downloaded received media kept (least recent go first).",
 }

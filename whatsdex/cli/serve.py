@@ -110,6 +110,7 @@ def serve(
     allow_private_urls: Annotated[
         bool | None, _opt("allow_private_urls", "--allow-private-urls")
     ] = None,
+    media_cache_mb: Annotated[str | None, _opt("media_cache_mb", "--media-cache-mb")] = None,
 ) -> None:
     """Run WhatsDeX: dashboard, API, sessions, campaigns and webhooks in one process."""
     settings = settings_from(
@@ -131,6 +132,7 @@ def serve(
         number_daily_cap=number_daily_cap,
         allow_private_webhooks=allow_private_webhooks,
         allow_private_urls=allow_private_urls,
+        media_cache_mb=media_cache_mb,
     )
     logs.configure(settings.log_level, settings.log_format)
     lock = DataDirLock(settings.lock_path)
