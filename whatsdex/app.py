@@ -20,6 +20,7 @@ from whatsdex.services import Services
 from whatsdex.settings import Settings
 from whatsdex.web import health
 from whatsdex.web.api import admin as api_admin
+from whatsdex.web.api import campaigns as api_campaigns
 from whatsdex.web.api import contacts as api_contacts
 from whatsdex.web.api import events as api_events
 from whatsdex.web.api import messages as api_messages
@@ -35,6 +36,7 @@ from whatsdex.web.openapi import openapi_config
 from whatsdex.web.security import security_headers
 from whatsdex.web.ui import admin as ui_admin
 from whatsdex.web.ui import auth as ui_auth
+from whatsdex.web.ui import campaigns as ui_campaigns
 from whatsdex.web.ui import client_link as ui_client_link
 from whatsdex.web.ui import contacts as ui_contacts
 from whatsdex.web.ui import home
@@ -102,6 +104,8 @@ def create_app(settings: Settings, services: Services | None = None) -> Litestar
             *api_messages.ROUTES,
             *ui_webhooks.ROUTES,
             *api_webhooks.ROUTES,
+            *ui_campaigns.ROUTES,
+            *api_campaigns.ROUTES,
             create_static_files_router(
                 path="/static", directories=[WEB_DIR / "static"], include_in_schema=False
             ),

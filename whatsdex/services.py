@@ -20,6 +20,7 @@ from apscheduler.triggers.interval import IntervalTrigger
 
 from whatsdex import backups
 from whatsdex.bus import EventBus
+from whatsdex.campaigns.engine import CampaignEngine
 from whatsdex.clock import Clock, system_clock
 from whatsdex.contacts.optout import KeywordReplies
 from whatsdex.crypto.keyring import Keyring
@@ -52,6 +53,7 @@ class Services:
     delivery: DeliveryService | None = None
     outbox: Outbox | None = None
     webhooks: WebhookDispatcher | None = None
+    campaigns: CampaignEngine | None = None
     bus: EventBus = field(default_factory=EventBus)
     supervisor: Supervisor | None = None
     # Signs CSRF cookies; derived from the master key at start so it survives restarts.
@@ -120,6 +122,11 @@ class Services:
             max_instances=1, coalesce=True,
         )
         self.scheduler.start()
+        # Campaign jobs are rebuilt from the database on this scheduler; it must be running.
+        self.campaigns = CampaignEngine(
+            self.store, self.outbox, self.bus, self.clock, self.scheduler
+        )
+        await self.campaigns.start()
         self.started_at = time.time()
         await self._first_run()
 
@@ -141,6 +148,8 @@ class Services:
         """Stop in reverse order; the writer finishes queued writes before the file closes."""
         if self.scheduler is not None and self.scheduler.running:
             self.scheduler.shutdown(wait=False)
+        if self.campaigns is not None:
+            await self.campaigns.stop()
         if self.delivery is not None:
             await self.delivery.stop()
         if self.supervisor is not None:

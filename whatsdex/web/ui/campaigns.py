@@ -26,6 +26,7 @@ from whatsdex.campaigns import service, stats
 from whatsdex.campaigns.audience import Audience
 from whatsdex.campaigns.pacing import Pacing, Window
 from whatsdex.campaigns.schedule import Schedule
+from whatsdex.clock import parse_iso
 from whatsdex.errors import BadRequest, WhatsdexError
 from whatsdex.identity import logins
 from whatsdex.identity.tenants import get_tenant
@@ -118,7 +119,15 @@ def input_of(form: FormMultiDict) -> service.CampaignInput:
         typing_seconds=_number(form, "typing_seconds", "typing_seconds"))
 
 
-def _values(campaign: Campaign | None) -> dict[str, Any]:
+def _local_input(stamp: str | None, timezone: str) -> str:
+    """A UTC moment as a datetime-local field shows it: wall-clock time in the time zone."""
+    if not stamp:
+        return ""
+    moment = datetime.fromtimestamp(parse_iso(stamp), pacings.zone(timezone, "timezone"))
+    return f"{moment:%Y-%m-%dT%H:%M}"
+
+
+def _values(campaign: Campaign | None, tenant_timezone: str) -> dict[str, Any]:
     """What the form shows: a campaign's settings, or the defaults for a new one."""
     if campaign is None:
         return {"name": "", "template_id": "", "session_ids": [], "tags_any": [],
@@ -132,7 +141,9 @@ def _values(campaign: Campaign | None) -> dict[str, Any]:
             "tags_all": audience.tags_all, "opt_status": audience.opt_status,
             "custom": "\n".join(f"{k}={v}" for k, v in audience.custom.items()),
             "schedule_kind": campaign.schedule_kind,
-            "schedule_at": (campaign.schedule_at or "")[:16], "timezone": campaign.timezone,
+            "schedule_at": _local_input(campaign.schedule_at,
+                                        campaign.timezone or tenant_timezone),
+            "timezone": campaign.timezone,
             "schedule_cron": campaign.schedule_cron, "window": window, "pacing": pacing,
             "typing_seconds": campaign.typing_seconds}
 
@@ -141,7 +152,8 @@ async def _form_page(request: AnyRequest, services: Services, campaign: Campaign
                      ) -> Template:
     tenant_id = tenant_id_of(request)
     tenant = await get_tenant(services.store, tenant_id)
-    return page(request, "campaigns/form.html", campaign=campaign, values=_values(campaign),
+    return page(request, "campaigns/form.html", campaign=campaign,
+                values=_values(campaign, tenant.timezone),
                 tenant=tenant,
                 templates=await template_rows.list_for_tenant(services.store, tenant_id),
                 numbers=await wa_sessions.list_for_tenant(services.store, tenant_id),
