@@ -15,29 +15,46 @@ is "audit rows stamped at or after its second".
 from __future__ import annotations
 
 import itertools
+import tempfile
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any, TypeVar, cast
 
 import httpx
+import msgspec
 import pytest
 from litestar import Litestar
 from litestar.middleware.csrf import generate_csrf_token
 from litestar.testing import TestClient
 
 from whatsdex.app import create_app
+from whatsdex.campaigns import service as campaigns
+from whatsdex.campaigns.schedule import Schedule
 from whatsdex.clock import iso
+from whatsdex.contacts import importer
+from whatsdex.contacts import service as contacts
+from whatsdex.contacts.mapping import clean_options
+from whatsdex.contacts.tables import open_table
 from whatsdex.identity import apikeys, links, logins, tenants, users
 from whatsdex.identity.principal import CLI
+from whatsdex.messaging.outbox import SendRequest
 from whatsdex.services import Services
 from whatsdex.settings import Settings
 from whatsdex.store import Store, wa_sessions
 from whatsdex.store import users as user_rows
+from whatsdex.store.campaigns import Campaign
+from whatsdex.store.contact_lists import Contact, ImportJob
 from whatsdex.store.ids import new_id
+from whatsdex.store.media import Media
+from whatsdex.store.messages import Message
 from whatsdex.store.records import ApiKey, LinkToken, Plan, Tenant, User
+from whatsdex.store.templates import MessageTemplate
+from whatsdex.store.webhooks import Webhook
+from whatsdex.templates import service as templates
 from whatsdex.web.auth import SESSION_COOKIE
+from whatsdex.webhooks import manage as webhooks
 
 T = TypeVar("T")
 
@@ -45,16 +62,23 @@ BASE_URL = "https://testserver.local"
 PASSWORD = "lantern-orchard-quietly-93"  # passes the policy (not common, no e-mail name)
 START = 1_790_000_000.0
 WHO = ("anonymous", "revoked", "operator", "owner", "member", "other")
+# A public address the SSRF guard accepts without a DNS lookup. Nothing is ever sent to it:
+# the fixture stops the webhook dispatcher (and `test_matrix` checks no attempt was made).
+HOOK_URL = "https://93.184.216.34/hook"
+RECIPIENT = "+15557654321"
+AUDIENCE_TAG = "matrix audience"
+Upload = tuple[str, bytes, str]  # file name, bytes, content type
 
 
 @dataclass
 class Call:
-    """What a scenario sends: path parameters, and a JSON body, form fields or query."""
+    """What a scenario sends: path parameters, and a JSON body, form fields, files or query."""
 
     path: dict[str, str] = field(default_factory=dict)
     json: Any = None
     form: dict[str, str] | None = None
     query: dict[str, str] | None = None
+    files: dict[str, Upload] | None = None  # multipart upload
 
 
 @dataclass
@@ -69,6 +93,7 @@ class World:
     users: dict[str, User] = field(default_factory=dict)
     csrf: str = ""
     _seq: Iterator[int] = field(default_factory=itertools.count)
+    _kept: dict[str, Any] = field(default_factory=dict)
 
     # -- running domain code on the app's event loop --------------------------------------------
 
@@ -91,6 +116,18 @@ class World:
 
     def unique(self, prefix: str) -> str:
         return f"{prefix} {next(self._seq)}"
+
+    def kept(self, name: str, make: Callable[[], T]) -> T:
+        """An object made once per module: for scenarios that only read it."""
+        if name not in self._kept:
+            self._kept[name] = make()
+        return cast(T, self._kept[name])
+
+    def wait(self, what: str, done: Callable[[], bool], seconds: float = 10.0) -> None:
+        deadline = time.monotonic() + seconds
+        while not done():
+            assert time.monotonic() < deadline, f"timed out waiting for {what}"
+            time.sleep(0.02)
 
     # -- fresh objects for one scenario ----------------------------------------------------------
 
@@ -130,10 +167,11 @@ class World:
         row = self.run(sup.create, self.a.id, CLI, name=self.unique("Number"))
 
         def wait(wanted: str) -> None:
-            deadline = time.monotonic() + 10
-            while self.run(wa_sessions.get, self.db, self.a.id, row.id).status != wanted:
-                assert time.monotonic() < deadline
-                time.sleep(0.02)
+            def there() -> bool:
+                found = self.run(wa_sessions.get, self.db, self.a.id, row.id)
+                return found is not None and found.status == wanted
+
+            self.wait(f"the number to be {wanted}", there)
 
         wait("pairing")
         if status == "connected":
@@ -142,6 +180,110 @@ class World:
         elif status == "stopped":
             self.run(sup.stop_session, self.a.id, row.id)
         return row.id
+
+    def phone(self) -> str:
+        return f"+4930{20_000_000 + next(self._seq)}"
+
+    def fresh_contact(self) -> Contact:
+        return self.run(contacts.create, self.db, CLI, self.a.id, phone=self.phone(),
+                        name="Ana Lima", now=self.clock())
+
+    def fresh_template(self) -> MessageTemplate:
+        return self.run(templates.create_template, self.db, CLI, self.a.id,
+                        name=self.unique("Welcome"), body="Hi {{first_name|there}}!",
+                        now=self.clock())
+
+    def fresh_webhook(self) -> Webhook:
+        keyring = self.services.keyring
+        assert keyring is not None
+        # Only test events, which are queued on request: no other event adds deliveries.
+        hook, _ = self.run(webhooks.create_webhook, self.db, keyring, CLI, self.a.id,
+                           url=HOOK_URL, events=["webhook.test"], description="",
+                           allow_private=False, now=self.clock())
+        return hook
+
+    def fresh_delivery(self) -> tuple[str, int]:
+        """A webhook of tenant A and the id of its one (test) delivery."""
+        hook = self.fresh_webhook()
+        delivery = self.run(webhooks.send_test, self.db, CLI, self.a.id, hook.id,
+                            now=self.clock())
+        return hook.id, delivery.id
+
+    def number(self) -> str:
+        """Tenant A's one connected number, for every message scenario (plans limit numbers)."""
+        return self.kept("number", lambda: self.fresh_number("connected"))
+
+    def send(self, request: SendRequest) -> Message:
+        outbox = self.services.outbox
+        assert outbox is not None
+        return self.run(outbox.accept, self.a.id, request, source="api").message
+
+    def message(self) -> Message:
+        """A text message of tenant A (its chat is tenant A's too)."""
+        return self.kept("message", lambda: self.send(
+            SendRequest(session_id=self.number(), to=RECIPIENT, text="Your order is ready")))
+
+    def media(self) -> Media:
+        """A file uploaded by tenant A."""
+        library = self.services.media
+        assert library is not None
+        return self.kept("media", lambda: self.run(
+            library.store_upload, self.a.id, b"Opening hours: 8-18\n", filename="hours.txt",
+            declared_type="text/plain"))
+
+    def media_message(self) -> Message:
+        return self.kept("media message", lambda: self.send(SendRequest(
+            session_id=self.number(), to=RECIPIENT, type="document", media_id=self.media().id)))
+
+    def import_job(self) -> ImportJob:
+        """A finished contact import of tenant A."""
+        def make() -> ImportJob:
+            self.imports_finished()
+            spooled = tempfile.TemporaryFile()  # noqa: SIM115 - the job closes it
+            spooled.write(f"phone,name\n{self.phone()},Ana Lima\n".encode())
+            table = open_table(spooled, "people.csv")
+            options = clean_options()
+            job = self.run(importer.create_job, self.db, CLI, self.a.id, table, options,
+                           now=self.clock())
+            return self.run(importer.run_job, self.db, job, table, options, clock=self.clock)
+
+        return self.kept("import", make)
+
+    def audience_contact(self) -> Contact:
+        """The one contact campaigns of tenant A go to (the tag picks nobody else)."""
+        return self.kept("audience", lambda: self.run(
+            contacts.create, self.db, CLI, self.a.id, phone=self.phone(), name="Ana Lima",
+            tags=[AUDIENCE_TAG], now=self.clock()))
+
+    def campaign_input(self) -> dict[str, Any]:
+        """A campaign of tenant A as the API takes it. It only sends in a window that stays
+        closed while the tests run (the clock starts at 14:13 UTC), so nothing is sent."""
+        self.audience_contact()
+        template = self.kept("template", self.fresh_template)
+        return {"name": self.unique("Launch"), "template_id": template.id,
+                "session_ids": [self.number()], "audience": {"tags_any": [AUDIENCE_TAG]},
+                "schedule": {"kind": "now", "timezone": "UTC"},
+                "window": {"days": list(range(7)), "start": "02:00", "end": "03:00"}}
+
+    def fresh_campaign(self, status: str = "draft") -> Campaign:
+        """A campaign of tenant A in `status`: draft, scheduled, running or paused."""
+        data = msgspec.convert(self.campaign_input(), campaigns.CampaignInput)
+        if status == "scheduled":
+            data.schedule = Schedule(kind="at", at="2030-01-01T09:00:00Z", timezone="UTC")
+        made = self.run(campaigns.create, self.db, CLI, self.a.id, data, now=self.clock())
+        if status != "draft":
+            self.run(campaigns.start, self.db, CLI, self.a.id, made.id, now=self.clock())
+        if status == "paused":
+            self.run(campaigns.pause, self.db, CLI, self.a.id, made.id, now=self.clock())
+        found = self.run(campaigns.get, self.db, self.a.id, made.id)
+        assert found.status == status, found
+        return found
+
+    def imports_finished(self) -> None:
+        """Tenant A imports one file at a time (409 while one runs): let the last one end."""
+        self.wait("tenant A's contact import", lambda: not self.fetchval(
+            "SELECT count(*) FROM contact_imports WHERE tenant_id = ? "
+            "AND status IN ('queued', 'running')", (self.a.id,)))
 
     # -- database facts --------------------------------------------------------------------------
 
@@ -156,11 +298,13 @@ class World:
     # -- requests --------------------------------------------------------------------------------
 
     def api(self, who: str, method: str, path: str, *, json: Any = None,
-            query: dict[str, str] | None = None) -> httpx.Response:
+            query: dict[str, str] | None = None, files: dict[str, Upload] | None = None
+            ) -> httpx.Response:
         headers = {"Authorization": f"Bearer {self.keys[who]}"} if who in self.keys else {}
         self.tick()
         self.client.cookies.clear()
-        return self.client.request(method, path, json=json, params=query, headers=headers)
+        return self.client.request(method, path, json=json, params=query, files=files,
+                                   headers=headers)
 
     def page(self, who: str, method: str, path: str, *, form: dict[str, str] | None = None,
              query: dict[str, str] | None = None, htmx: bool | None = None) -> httpx.Response:
@@ -182,8 +326,9 @@ async def _populate(world: World) -> None:
     limits = world.services.session_limits
     await users.create_operator(db, CLI, email="operator@agency.example", password=PASSWORD,
                                 now=now)
-    wide = Plan(id="wide", name="Wide", max_numbers=500, max_messages_per_day=10,
-                max_contacts=10, max_active_campaigns=1, max_webhooks=1, created_at="",
+    # Room for every object the scenarios make in tenant A (each makes its own).
+    wide = Plan(id="wide", name="Wide", max_numbers=500, max_messages_per_day=1000,
+                max_contacts=1000, max_active_campaigns=100, max_webhooks=500, created_at="",
                 updated_at="")
     await tenants.save_plan(db, CLI, wide, now=now)
     world.a = await tenants.create_tenant(db, CLI, name="Acme Bakery", plan_id="wide", now=now)
@@ -234,5 +379,8 @@ def world(tmp_path_factory: pytest.TempPathFactory) -> Iterator[World]:
     with TestClient(app, base_url=BASE_URL) as client:
         w = World(client=client, services=services, now=now)
         w.csrf = generate_csrf_token(services.csrf_secret)
+        # Webhooks made here point at a public address: no delivery may leave a test.
+        assert services.webhooks is not None
+        w.run(services.webhooks.stop)
         w.run(_populate, w)
         yield w
