@@ -1,4 +1,4 @@
-"""The program's entry point: engine hosts start without the web stack, everything else is the CLI."""
+"""The entry point: engine hosts start without the web stack; everything else is the CLI."""
 
 from __future__ import annotations
 
@@ -12,9 +12,9 @@ def main() -> None:
     # Everything WhatsDeX writes (database, keys, backups, runtime stores) is for its user only.
     os.umask(0o077)
     if sys.argv[1:2] == [ENGINE_HOST]:
-        from whatsdex.sessions.host import main as host_main  # noqa: PLC0415
+        from whatsdex.sessions.host import main as host_main
 
         sys.exit(host_main(sys.argv[2:]))
-    from whatsdex.cli import main as cli_main  # noqa: PLC0415
+    from whatsdex.cli import main as cli_main
 
     cli_main()

@@ -37,7 +37,7 @@ class BackgroundTasks:
         if exc is not None:
             log.error("background task %s failed", task.get_name(), exc_info=exc)
 
-    async def close(self, timeout: float = 10.0) -> None:
+    async def close(self, timeout: float = 10.0) -> None:  # noqa: ASYNC109 - a bound, not a deadline
         """Cancel everything still running and wait (bounded) for it to finish."""
         self._closing = True
         tasks = list(self._tasks)

@@ -396,7 +396,7 @@ def run_host(fd: int, engine_name: str, options: EngineOptions) -> int:
 def main(argv: list[str]) -> int:
     """`whatsdex engine-host ...`: parsed here, without loading the web stack (Litestar, the
     CLI), so each host costs tens of megabytes less and starts in a fraction of the time."""
-    import argparse  # noqa: PLC0415
+    import argparse
 
     parser = argparse.ArgumentParser(
         prog="whatsdex engine-host", description="Run one engine host (started by the server)."

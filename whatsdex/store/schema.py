@@ -331,7 +331,8 @@ def m0004_messaging(db: Database) -> None:
             INSERT INTO messages_fts(rowid, text) VALUES (NEW.rowid, NEW.text);
         END;
         CREATE TRIGGER messages_fts_delete AFTER DELETE ON messages WHEN OLD.text != '' BEGIN
-            INSERT INTO messages_fts(messages_fts, rowid, text) VALUES ('delete', OLD.rowid, OLD.text);
+            INSERT INTO messages_fts(messages_fts, rowid, text)
+                VALUES ('delete', OLD.rowid, OLD.text);
         END;
         CREATE TRIGGER messages_fts_update AFTER UPDATE OF text ON messages BEGIN
             INSERT INTO messages_fts(messages_fts, rowid, text)
