@@ -1,5 +1,5 @@
 """`python -m campaigns.serve_wired serve …` (with the tests directory on PYTHONPATH): the
-real `whatsdex serve`, with campaigns wired in as `app.py` and `services.py` will wire them.
+real `whatsdex serve` (campaigns wired in by `wiring.wire` where the app does not have them).
 Engine hosts are started as usual (`python -m whatsdex engine-host`).
 
 `CAMPAIGN_TEST_IN_FLIGHT=n` caps how far ahead a number's messages are queued, so a test can

@@ -1,5 +1,5 @@
-"""This feature added to an app the way `app.py` and `services.py` add it once they register
-it (a no-op then): used by the tests and by `serve_wired`, the `serve` of the process tests."""
+"""This feature added to an app the way `app.py` and `services.py` add it, where they do not
+(a no-op when they do): used by the tests and by `serve_wired` (the process test's serve)."""
 
 from __future__ import annotations
 

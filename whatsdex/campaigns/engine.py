@@ -315,7 +315,10 @@ class CampaignEngine:
             pacing, window = self._pacing(campaign)
             plan = await self._plan(r, campaign, pacing, window, pending, flying)
             if plan.ready:
-                await self._queue(r, campaign, plan.ready)
+                if not await self._queue(r, campaign, plan.ready):
+                    # Nothing was there to take (a read older than the write): look again
+                    # after a moment rather than at once.
+                    await self._wait(r, None, flights=True)
                 continue
             await self._note(r, campaign, "; ".join(
                 dict.fromkeys(why for why in plan.reasons if why != "sending")))
@@ -489,11 +492,12 @@ class CampaignEngine:
         return r.template[1]
 
     async def _queue(self, r: _Runner, campaign: Campaign, ready: list[tuple[str, int]]
-                     ) -> None:
+                     ) -> bool:
+        """Queue the recipients the plan made ready; False when nothing changed."""
         template = self._template(r, campaign)
         if template.problems:
             await self._fail(campaign, f"its template has problems: {template.problems[0].problem}")
-            return
+            return True
         now = self.clock()
         result = await self.store.write(
             lambda conn: self._queue_write(conn, campaign, template, ready, now))
@@ -508,6 +512,8 @@ class CampaignEngine:
                                     "on after 00:00 UTC")
         for session_id, problem in result.problems.items():
             await self._problem(r, campaign, session_id, problem, now)
+        return bool(any(result.queued.values()) or result.skipped or result.problems
+                    or result.daily_limit)
 
     def _queue_write(self, conn: sqlite3.Connection, campaign: Campaign,
                      template: syntax.Template, ready: list[tuple[str, int]], now: float
@@ -517,6 +523,9 @@ class CampaignEngine:
         result = _Queued()
         stamp = iso(now)
         tenant_id = campaign.tenant_id
+        # The runner read "running" a moment ago; a pause or cancel may have committed since.
+        if rows.status_of(conn, campaign.id) != "running":
+            return result
         plan = plans.tenant_plan(conn, tenant_id)
         if plan is None:
             return result

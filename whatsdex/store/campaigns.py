@@ -156,6 +156,11 @@ async def with_sending(db: Store) -> list[str]:
     return [str(row[0]) for row in rows]
 
 
+def status_of(conn: sqlite3.Connection, campaign_id: str) -> str | None:
+    row = conn.execute("SELECT status FROM campaigns WHERE id = ?", (campaign_id,)).fetchone()
+    return None if row is None else str(row[0])
+
+
 def count_active(conn: sqlite3.Connection, tenant_id: str) -> int:
     return int(conn.execute(
         "SELECT count(*) FROM campaigns WHERE tenant_id = ? "
