@@ -310,6 +310,7 @@ class CampaignEngine:
             if not open_counts:
                 if await self._finish(r, campaign):
                     return
+                await self._wait(r, None, flights=True)  # someone is still open after all
                 continue
             pending = {s: n for (s, status), n in open_counts.items() if status == "pending"}
             pacing, window = self._pacing(campaign)
@@ -324,18 +325,13 @@ class CampaignEngine:
                 dict.fromkeys(why for why in plan.reasons if why != "sending")))
             await self._wait(r, plan.wake_at, flights=plan.flights)
             if plan.flights and not pacing.paced:
-                await self._await_flights(paced=False)
+                # Let several sends finish before looking again: fewer, fuller writes.
+                await asyncio.sleep(SETTLE_SECONDS)
 
     @staticmethod
     def _pacing(campaign: Campaign) -> tuple[Pacing, Window | None]:
         _, pacing, window = service.settings_of(campaign)
         return pacing, window
-
-    @staticmethod
-    async def _await_flights(*, paced: bool) -> None:
-        """Unpaced campaigns let several sends finish before looking again (fewer writes)."""
-        if not paced:
-            await asyncio.sleep(SETTLE_SECONDS)
 
     async def _wait(self, r: _Runner, wake_at: float | None, *, flights: bool) -> None:
         """Until `wake_at` (on the campaign's clock), a wake (a send finished, a command), or

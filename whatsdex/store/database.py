@@ -235,13 +235,11 @@ class Store:
             return list(rows)
 
     async def fetchone(self, sql: str, params: Params = ()) -> sqlite3.Row | None:
+        # One call into the reader's thread: a cursor left half-read by a cancelled task would
+        # keep that connection on an old snapshot (stale reads, blocked checkpoints).
         async with self._reader() as conn:
-            cursor = await conn.execute(sql, params)
-            try:
-                row: sqlite3.Row | None = await cursor.fetchone()
-            finally:
-                await cursor.close()
-            return row
+            rows = list(await conn.execute_fetchall(sql, params))
+            return rows[0] if rows else None
 
     async def fetchval(self, sql: str, params: Params = ()) -> Any:
         row = await self.fetchone(sql, params)

@@ -24,6 +24,12 @@ EVENT_TYPES = (
     "message.sent",
     "message.status",
     "session.status",
+    "campaign.started",
+    "campaign.paused",
+    "campaign.resumed",
+    "campaign.cancelled",
+    "campaign.completed",
+    "campaign.failed",
     "webhook.test",
 )
 TEST_EVENT = "webhook.test"
