@@ -36,7 +36,7 @@ unit:
 	$(BIN)/pytest -q
 
 build:
-	bash packaging/build.sh
+	PATH="$(CURDIR)/$(BIN):$$PATH" bash packaging/build.sh
 
 serve: install
 	$(BIN)/whatsdex serve

@@ -13,6 +13,7 @@ import asyncio
 import random
 import sqlite3
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
@@ -58,35 +59,53 @@ def _copy_parents(source: Path, target: sqlite3.Connection) -> None:
     target.execute("DETACH DATABASE src")
 
 
-def raw_baseline(source: Path, work: Path, limit: int) -> tuple[int, int, float]:
-    """Insert the flood's messages and webhook rows into a fresh file of the same schema, in
-    batched transactions with executemany: (messages, webhook rows, seconds)."""
-    target_path = work / "raw-baseline.db"
-    conn = connection.connect(target_path)
+@dataclass
+class RawBaseline:
+    """The flood's rows, read back, and a fresh file (same schema, same parent rows) to insert
+    them into: read while the server runs, timed once it is stopped."""
+
+    path: Path
+    messages: list[tuple[object, ...]]
+    hooks: list[tuple[object, ...]]
+
+
+def prepare_raw(source: Path, work: Path, limit: int) -> RawBaseline:
+    target = work / "raw-baseline.db"
+    conn = connection.connect(target)
     try:
         migrations.apply(conn)
         _copy_parents(source, conn)
-        src = sqlite3.connect(f"file:{source}?mode=ro", uri=True)
-        try:
-            messages = src.execute("SELECT * FROM messages WHERE direction = 'in' "
-                                   "ORDER BY rowid LIMIT ?", (limit,)).fetchall()
-            hooks = src.execute("SELECT * FROM webhook_deliveries WHERE event_type = "
-                                "'message.received' ORDER BY id LIMIT ?", (limit,)).fetchall()
-        finally:
-            src.close()
-        if not messages:
-            raise BenchError("the flood stored no messages to copy")
-        insert_message = f"INSERT INTO messages VALUES ({', '.join('?' * len(messages[0]))})"
+    finally:
+        conn.close()
+    src = sqlite3.connect(f"file:{source}?mode=ro", uri=True, timeout=10)
+    try:
+        messages = src.execute("SELECT * FROM messages WHERE direction = 'in' "
+                               "ORDER BY rowid LIMIT ?", (limit,)).fetchall()
+        hooks = src.execute("SELECT * FROM webhook_deliveries WHERE event_type = "
+                            "'message.received' ORDER BY id LIMIT ?", (limit,)).fetchall()
+    finally:
+        src.close()
+    if not messages:
+        raise BenchError("the flood stored no messages to copy")
+    return RawBaseline(target, messages, hooks)
+
+
+def insert_raw(raw: RawBaseline) -> float:
+    """Insert the rows with executemany, `BASELINE_BATCH` messages (and their webhook rows)
+    per transaction; returns the seconds it took."""
+    conn = connection.connect(raw.path)
+    try:
+        insert_message = f"INSERT INTO messages VALUES ({', '.join('?' * len(raw.messages[0]))})"
         insert_hook = (f"INSERT INTO webhook_deliveries VALUES "
-                       f"({', '.join('?' * len(hooks[0]))})" if hooks else "")
+                       f"({', '.join('?' * len(raw.hooks[0]))})" if raw.hooks else "")
         started = time.monotonic()
-        for i in range(0, len(messages), BASELINE_BATCH):
+        for i in range(0, len(raw.messages), BASELINE_BATCH):
             conn.execute("BEGIN IMMEDIATE")
-            conn.executemany(insert_message, messages[i:i + BASELINE_BATCH])
-            if hooks:
-                conn.executemany(insert_hook, hooks[i:i + BASELINE_BATCH])
+            conn.executemany(insert_message, raw.messages[i:i + BASELINE_BATCH])
+            if raw.hooks:
+                conn.executemany(insert_hook, raw.hooks[i:i + BASELINE_BATCH])
             conn.execute("COMMIT")
-        return len(messages), len(hooks), time.monotonic() - started
+        return time.monotonic() - started
     finally:
         conn.close()
 
@@ -174,6 +193,7 @@ def run(mode: Mode, work: Path, out: Outcome) -> None:
             split = cpu_split(parts, server.cpu_parts())
             cpu_per = (server.cpu() - cpu) / total
             stored, indexed, hooks = _counts(data / "whatsdex.db")
+            raw = prepare_raw(data / "whatsdex.db", work, limit=total)
             time.sleep(mode.pick(2.0, 0.5))
             delivered = httpx.get(f"{receiver.url}/__count", timeout=10).json()["count"]
             # The same flood with no webhook at all: what the deliveries cost the ingest.
@@ -185,8 +205,8 @@ def run(mode: Mode, work: Path, out: Outcome) -> None:
                 again = time.monotonic()
                 asyncio.run(flood(again + duration))
                 bare_rate = committed[0] / (time.monotonic() - again)
-        raw_messages, raw_hooks, raw_seconds = raw_baseline(data / "whatsdex.db", work,
-                                                            limit=total)
+        raw_seconds = insert_raw(raw)
+        raw_messages, raw_hooks = len(raw.messages), len(raw.hooks)
 
     if stored != total or indexed != total or hooks != total:
         raise BenchError(f"the flood sent {total} messages; the file holds {stored} messages, "

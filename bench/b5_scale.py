@@ -107,6 +107,11 @@ def _sandbox(mode: Mode, work: Path, out: Outcome) -> None:
                 baseline=f"{ms(idle_p99)} with 0" if count else "",
                 target="< 20 ms" if big else "", met=(p99 < LAG_TARGET) if big else None)
 
+    last_count, last_rss = figures[-1][0], figures[-1][1]
+    if last_count:
+        out.add(f"RSS per idle sandbox number (0 → {last_count})",
+                f"{(last_rss - idle_rss) / last_count / 1024:.0f} KB")
+
     # A restart: every linked number must come back by itself.
     server = Server(serve_argv(data, probe_file=lag_file), env, work / "serve-restart.log")
     with running(server):

@@ -63,7 +63,7 @@ class _Server(uvicorn.Server):
 def _bind(host: str, port: int) -> socket.socket:
     """Bind before starting anything, so a busy port is one clear error and nothing is opened."""
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
-    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock = socket.socket(family, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     try:
         sock.bind((host, port))
