@@ -638,6 +638,8 @@ class Supervisor:
             reply = await live.host.call(command, timeout=60)
         except HostGone:
             raise Unavailable("The engine host restarted; try again in a few seconds") from None
+        except TimeoutError:
+            raise Unavailable("The WhatsApp engine did not answer within 60 s; try again") from None
         if not reply.ok:
             raise Conflict(reply.error)
         return reply
