@@ -68,7 +68,7 @@ class Store:
         migrations.check_file_not_newer(self.path)
         # Private whatever the umask: SQLite gives the -wal and -shm files the same mode.
         self.path.touch(mode=0o600, exist_ok=True)
-        conn = connection.connect(self.path)
+        conn = connection.connect(self.path, writer=True)
         try:
             self.applied_at_open = migrations.apply(conn)
         except BaseException:
