@@ -87,7 +87,7 @@ class Services:
         self.supervisor = Supervisor(
             self.settings, self.store, self.keyring, self.bus, self.tasks, self.clock
         )
-        self.supervisor.message_handler = self.ingest.handle
+        self.supervisor.message_handler = self.ingest.handle_many
         self.delivery = DeliveryService(
             self.store, self.supervisor, self.bus, self.settings, self.clock
         )

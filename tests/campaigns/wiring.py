@@ -52,7 +52,7 @@ async def attach(services: Services) -> list[Any]:
         assert supervisor is not None
         library = MediaLibrary(services.store, services.settings, services.clock)
         ingest = MessageIngest(services.store, services.bus, services.clock)
-        supervisor.message_handler = ingest.handle
+        supervisor.message_handler = ingest.handle_many
         delivery = DeliveryService(services.store, supervisor, services.bus,
                                    services.settings, services.clock)
         await delivery.start()

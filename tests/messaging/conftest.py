@@ -283,7 +283,7 @@ class Running:
                 self.call(existing.stop)
         self.media = MediaLibrary(services.store, settings, services.clock)
         self.ingest = MessageIngest(services.store, services.bus, services.clock)
-        supervisor.message_handler = self.ingest.handle
+        supervisor.message_handler = self.ingest.handle_many
         self.delivery = self.new_delivery()
         self.outbox = Outbox(services.store, settings, services.clock, self.media,
                              on_queued=lambda t, s: self.delivery.wake(t, s))

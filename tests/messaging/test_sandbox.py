@@ -4,6 +4,8 @@ receipts move statuses on, inbound messages are committed before they are acknow
 
 from __future__ import annotations
 
+import functools
+import threading
 import time
 from typing import Any
 
@@ -12,7 +14,7 @@ import pytest
 from whatsdex.messaging import history
 from whatsdex.sessions import protocol, sandbox_network
 
-from .conftest import RunApp, Running, SkippingClock, add_webhook, text, wait_until
+from .conftest import WAIT, RunApp, Running, SkippingClock, add_webhook, text, wait_until
 
 PHONE = "15551230001"
 CONTACT = "15559990000"
@@ -25,6 +27,61 @@ def statuses(app: Running, *ids: str) -> list[str]:
 def send(app: Running, tenant: str, session: str, body: str = "hello", **more: Any) -> str:
     accepted = app.call(app.outbox.accept, tenant, text(session, f"+{CONTACT}", body), **more)
     return str(accepted.message.id)
+
+
+def test_a_backlog_commits_in_few_writes_in_order(run_app: RunApp) -> None:
+    """What arrives while a commit runs is committed together, in arrival order."""
+    app = run_app()
+    tenant = app.tenant()
+    app.call(add_webhook, app.store, tenant)
+    session = app.link(tenant, PHONE)
+    before = app.store.transactions
+    result = app.sandbox(tenant, session, action="inbound", sender=CONTACT, text="backlog",
+                         count=400)
+    stored = app.rows("SELECT wa_id FROM messages WHERE direction = 'in' ORDER BY rowid")
+    assert [r[0] for r in stored] == result["wa_ids"]
+    assert app.row("SELECT unread, last_preview FROM chats")[:] == (400, "backlog")
+    assert app.row("SELECT count(*) FROM webhook_deliveries "
+                   "WHERE event_type = 'message.received'")[0] == 400
+    assert app.store.transactions - before < 40  # not one transaction per message
+
+
+def test_an_event_that_cannot_be_stored_holds_back_no_other(run_app: RunApp) -> None:
+    """Events committed together are committed one by one when that fails: the one that cannot
+    be stored stays unacknowledged (offered again later), the others are stored and acked."""
+    app = run_app()
+    tenant = app.tenant()
+    session = app.link(tenant, PHONE)
+    gate = threading.Event()
+
+    def hold_then_refuse(conn: Any, message: Any) -> None:
+        gate.wait(WAIT)  # in the writer: later messages queue up meanwhile
+        if message.text == "poison":
+            raise RuntimeError("cannot store this one")
+
+    app.ingest.after_inbound.append(hold_then_refuse)
+    supervisor = app.services.supervisor
+    assert supervisor is not None
+
+    def inbound(sender: str, body: str, count: int, recorded: int) -> None:
+        app.client.blocking_portal.start_task_soon(functools.partial(
+            supervisor.sandbox, tenant, session, action="inbound", sender=sender, text=body,
+            count=count))
+        wait_until(lambda: len(sandbox_network.inbound_messages(app.network, session))
+                   == recorded, what="the network to hold the messages")
+
+    inbound(CONTACT, "first", 1, recorded=1)  # its commit holds the writer
+    inbound("15559990001", "poison", 1, recorded=2)  # these two come together next
+    inbound("15559990002", "after", 20, recorded=22)
+    gate.set()
+    wait_until(lambda: app.row("SELECT count(*) FROM messages WHERE direction = 'in'")[0] == 21,
+               what="every other message to be stored")
+    wait_until(lambda: sum(1 for m in sandbox_network.inbound_messages(app.network, session)
+                           if m["acked_at"]) == 21, what="the others to be acknowledged")
+    [unacked] = [m for m in sandbox_network.inbound_messages(app.network, session)
+                 if not m["acked_at"]]
+    assert unacked["text"] == "poison"
+    assert app.row("SELECT count(*) FROM messages WHERE text = 'poison'")[0] == 0
 
 
 def test_a_send_is_delivered_and_read(run_app: RunApp) -> None:

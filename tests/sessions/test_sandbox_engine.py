@@ -446,16 +446,18 @@ async def test_inbound_messages_arrive_in_order_with_phone_and_lid(
             await engine.sandbox(control("ses_a", "inbound", **bad))
 
 
-async def test_inbound_waits_for_each_commit(
+async def test_inbound_is_offered_together_and_answered_once_all_commit(
     engine: SandboxEngine, sink: Sink, tmp_path: Path
 ) -> None:
     await link(engine, sink, tmp_path / "a.db")
     sink.gate.clear()
     action = asyncio.create_task(engine.sandbox(control("ses_a", "inbound",
                                                         sender="15550001234", count=3)))
-    await sink.wait_for(lambda: sink.of(protocol.InboundMessage))
+    await sink.wait_for(lambda: len(sink.of(protocol.InboundMessage)) == 3)
     await asyncio.sleep(0.1)
-    assert len(sink.of(protocol.InboundMessage)) == 1 and not action.done()
+    assert not sink.committed and not action.done()  # nothing is confirmed before its commit
+    rows = sandbox_network.inbound_messages(engine.record_path, "ses_a")
+    assert not any(r["acked_at"] for r in rows)
     sink.gate.set()
     result = await asyncio.wait_for(action, 5)
     assert [m.wa_id for m in sink.committed

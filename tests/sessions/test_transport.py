@@ -41,7 +41,7 @@ class Recorder:
     async def on_event(self, host: EngineHost, event: protocol.Event) -> None:
         self.events.append(event)
         if self.auto_ack and isinstance(event, COMMITTED) and event.ack:
-            host.send_ack(event.ack)
+            host.send_acks([event.ack])
 
     async def on_exit(self, host: EngineHost, code: int | None) -> None:
         self.exits.append((host, code))
@@ -142,10 +142,10 @@ async def test_committed_event_waits_for_the_ack(data_dir: Path) -> None:
         await asyncio.sleep(0.3)
         state = await host.call(sandbox("scan"))
         assert state.result["committed"] == [] and not inbound.done()
-        host.send_ack(message.ack + 1000)  # an ack for something else releases nothing
+        host.send_acks([message.ack + 1000])  # an ack for something else releases nothing
         await asyncio.sleep(0.1)
         assert not inbound.done()
-        host.send_ack(message.ack)
+        host.send_acks([message.ack])
         reply = await asyncio.wait_for(inbound, 5)
         assert reply.ok and reply.result["committed"] == ["m-0"]
     finally:
@@ -191,7 +191,7 @@ async def test_sigkill_fails_pending_calls_and_reports_the_exit(
     assert not host.alive and host.rss_bytes() == 0
     with pytest.raises(HostGone):
         await host.call(send())
-    host.send_ack(1)  # dropped, not an error
+    host.send_acks([1])  # dropped, not an error
 
 
 async def test_stop_shuts_the_engine_down_and_exits_zero(

@@ -1,10 +1,11 @@
 """Inbound messages and receipts from the engines, committed before they are acknowledged.
 
-`MessageIngest.handle` is the supervisor's `message_handler`: the supervisor acks the event to
-the engine (and the engine to WhatsApp) only after it returns, so everything an event changes —
-contact, chat, message, the webhook outbox row — is written in one write function first. Many
-numbers' events arrive at once; the store groups their writes into shared transactions, so each
-event's work is kept to a few indexed statements inside that one function.
+`MessageIngest.handle_many` is the supervisor's `message_handler`: the supervisor acks a number's
+events to the engine (and the engine to WhatsApp) only after it returns, so everything they
+change — contacts, chats, messages, the webhook outbox rows — is written in one write function
+first. The events that waited while the number's previous commit ran come together, and many
+numbers' writes share transactions in the store, so each event's work is kept to a few indexed
+statements, with what every event of the write needs (the tenant's webhooks) read once.
 """
 
 from __future__ import annotations
@@ -13,17 +14,17 @@ import asyncio
 import functools
 import logging
 import sqlite3
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 from whatsdex.bus import BusEvent, EventBus
 from whatsdex.clock import Clock, iso
 from whatsdex.messaging import event_data
+from whatsdex.messaging.ingest_batch import IngestBatch
 from whatsdex.messaging.recipients import LID_SERVER, PHONE_SERVER, phone_of_jid
 from whatsdex.sessions import protocol
 from whatsdex.store import Store
-from whatsdex.store import chats as chat_rows
 from whatsdex.store import contacts as contact_rows
 from whatsdex.store import messages as message_rows
 from whatsdex.store.ids import new_id
@@ -98,30 +99,56 @@ class MessageIngest:
 
     async def handle(self, tenant_id: str,
                      event: protocol.InboundMessage | protocol.ReceiptEvent) -> None:
-        """Commit one event (the supervisor acks it to the engine when this returns)."""
-        if isinstance(event, protocol.InboundMessage):
-            await self._message(tenant_id, event)
-        else:
-            await self._receipt(tenant_id, event)
+        """Commit one event."""
+        await self.handle_many(tenant_id, [event])
+
+    async def handle_many(self, tenant_id: str,
+                          events: Sequence[protocol.InboundMessage | protocol.ReceiptEvent]
+                          ) -> None:
+        """Commit one number's events, in order, in one write (the supervisor acks them to the
+        engine when this returns)."""
+        now = self.clock()
+        results = await self.store.write(
+            lambda conn: self._commit(conn, tenant_id, events, now))
+        for event, result in zip(events, results, strict=True):
+            if isinstance(result, _Stored):
+                self.bus.publish(BusEvent(tenant_id, result.event_type, result.data))
+            elif isinstance(result, _ReceiptResult):
+                assert isinstance(event, protocol.ReceiptEvent)
+                self._published(tenant_id, result.changed)
+                for wa_id in result.missing:
+                    self._remember(tenant_id, event.session, wa_id, event.status,
+                                   _receipt_time(event, now))
+            # None: a redelivery of a message already stored, acknowledged with nothing new
 
     async def stop(self) -> None:
         await self._tasks.close()
 
+    def _commit(self, conn: sqlite3.Connection, tenant_id: str,
+                events: Sequence[protocol.InboundMessage | protocol.ReceiptEvent], now: float,
+                ) -> list[_Stored | _ReceiptResult | None]:
+        batch = IngestBatch.start(conn, tenant_id, (
+            (event.session, event.wa_id) for event in events
+            if isinstance(event, protocol.InboundMessage) and event.wa_id))
+        stamp = iso(now)
+        results: list[_Stored | _ReceiptResult | None] = []
+        for event in events:
+            if isinstance(event, protocol.InboundMessage):
+                results.append(self.store_message(batch, event, now))
+            else:
+                results.append(self._apply(conn, tenant_id, event.session, event.message_ids,
+                                           event.status, _receipt_time(event, now), stamp,
+                                           batch.webhooks))
+        batch.finish()
+        return results
+
     # -- messages ----------------------------------------------------------------------------
 
-    async def _message(self, tenant_id: str, event: protocol.InboundMessage) -> None:
-        now = self.clock()
-        stored = await self.store.write(lambda conn: self.store_message(conn, tenant_id, event,
-                                                                         now))
-        if stored is None:
-            return  # a redelivery of a message already stored: acknowledged, nothing new
-        self.bus.publish(BusEvent(tenant_id, stored.event_type, stored.data))
-
-    def store_message(self, conn: sqlite3.Connection, tenant_id: str,
-                      event: protocol.InboundMessage, now: float) -> _Stored | None:
-        """The whole of one inbound message, inside the caller's transaction."""
-        session_id = event.session
-        if event.wa_id and message_rows.find_by_wa_id(conn, tenant_id, session_id, event.wa_id):
+    def store_message(self, batch: IngestBatch, event: protocol.InboundMessage, now: float,
+                      ) -> _Stored | None:
+        """The whole of one inbound message, inside the batch's transaction."""
+        conn, tenant_id, session_id = batch.conn, batch.tenant_id, event.session
+        if event.wa_id and (session_id, event.wa_id) in batch.known:
             return None
         stamp = iso(now)
         timestamp = iso(event.timestamp_ms / 1000) if event.timestamp_ms > 0 else stamp
@@ -134,11 +161,11 @@ class MessageIngest:
         # The person on the other side: the sender, or for our own 1:1 messages the chat.
         contact_id: str | None = None
         if not event.from_me:
-            contact_id = _contact(conn, tenant_id, phone=sender_phone, jid=sender_jid,
-                                  lid=sender_lid, push_name=event.push_name, now=stamp)
+            contact_id = _contact(batch, phone=sender_phone, jid=sender_jid, lid=sender_lid,
+                                  push_name=event.push_name, now=stamp)
         elif not is_group:
-            contact_id = _contact(conn, tenant_id, phone=chat_phone, jid=chat_jid,
-                                  lid=event.chat.lid, push_name="", now=stamp)
+            contact_id = _contact(batch, phone=chat_phone, jid=chat_jid, lid=event.chat.lid,
+                                  push_name="", now=stamp)
 
         payload: dict[str, Any] = {}
         text = event.text
@@ -171,12 +198,11 @@ class MessageIngest:
             text = ""
 
         conversation = kind in CONVERSATION_KINDS
-        chat_id = chat_rows.upsert(
-            conn, tenant_id, new_id=new_id("cht"), session_id=session_id, jid=chat_jid,
-            lid="" if is_group else event.chat.lid, is_group=is_group,
-            contact_id=None if is_group else contact_id,
-            name=event.push_name if not (is_group or event.from_me) else "", at=timestamp,
-            last_preview=(text or f"[{kind}]") if conversation else None,
+        chat_id = batch.chat(
+            (session_id, chat_jid, "" if is_group else event.chat.lid, is_group,
+             None if is_group else contact_id,
+             event.push_name if not (is_group or event.from_me) else ""),
+            at=timestamp, last_preview=(text or f"[{kind}]") if conversation else None,
             unread_add=1 if conversation and not event.from_me else 0,
         )
         message = Message(
@@ -191,6 +217,8 @@ class MessageIngest:
             played_at=None, failed_at=None, edited_at=None, deleted_at=None,
         )
         message_rows.insert(conn, message)
+        if event.wa_id:
+            batch.known.add((session_id, event.wa_id))
         context = Inbound(tenant_id=tenant_id, session_id=session_id, message_id=message.id,
                           chat_id=chat_id, contact_id=contact_id, from_me=event.from_me,
                           is_group=is_group, kind=kind, text=text, sender_phone=sender_phone,
@@ -206,22 +234,15 @@ class MessageIngest:
             event_type = "message.sent"
         else:
             event_type = "message.received"
-        webhook_outbox.enqueue(conn, tenant_id, event_type, data, now=stamp)
+        webhook_outbox.enqueue(conn, tenant_id, event_type, data, now=stamp,
+                               targets=batch.webhooks)
         return _Stored(message=message, chat_jid=chat_jid, event_type=event_type, data=data)
 
     # -- receipts ----------------------------------------------------------------------------
 
-    async def _receipt(self, tenant_id: str, event: protocol.ReceiptEvent) -> None:
-        at = iso(event.timestamp_ms / 1000) if event.timestamp_ms > 0 else iso(self.clock())
-        stamp = iso(self.clock())
-        result = await self.store.write(lambda conn: self._apply(
-            conn, tenant_id, event.session, event.message_ids, event.status, at, stamp))
-        self._published(tenant_id, result.changed)
-        for wa_id in result.missing:
-            self._remember(tenant_id, event.session, wa_id, event.status, at)
-
     def _apply(self, conn: sqlite3.Connection, tenant_id: str, session_id: str,
-               wa_ids: list[str], status: str, at: str, stamp: str) -> _ReceiptResult:
+               wa_ids: list[str], status: str, at: str, stamp: str,
+               webhooks: webhook_outbox.Subscriptions | None = None) -> _ReceiptResult:
         result = _ReceiptResult()
         for wa_id in dict.fromkeys(wa_ids):
             moved = message_rows.advance_status(conn, tenant_id, session_id, wa_id, status, at)
@@ -231,7 +252,8 @@ class MessageIngest:
                 data = {"id": moved.id, "session_id": session_id, "chat_id": moved.chat_id,
                         "wa_id": wa_id, "status": status, "previous": moved.previous,
                         "at": at}
-                webhook_outbox.enqueue(conn, tenant_id, "message.status", data, now=stamp)
+                webhook_outbox.enqueue(conn, tenant_id, "message.status", data, now=stamp,
+                                       targets=webhooks)
                 result.changed.append(data)
         return result
 
@@ -286,6 +308,10 @@ class MessageIngest:
                 for (session_id, wa_id), late in pending.items()]
 
 
+def _receipt_time(event: protocol.ReceiptEvent, now: float) -> str:
+    return iso(event.timestamp_ms / 1000 if event.timestamp_ms > 0 else now)
+
+
 def _kind(event: protocol.InboundMessage) -> str:
     if event.edited_id:
         return "edit"
@@ -298,7 +324,8 @@ def _kind(event: protocol.InboundMessage) -> str:
 
 def _address(jid: str, phone: str) -> tuple[str, str]:
     """(normalised JID, phone digits): a phone JID loses its device suffix."""
-    digits = "".join(ch for ch in phone if ch.isdigit()) or phone_of_jid(jid)
+    digits = (phone if phone.isdigit() else "".join(ch for ch in phone if ch.isdigit())
+              ) or phone_of_jid(jid)
     user, _, server = jid.partition("@")
     if server == PHONE_SERVER and digits:
         return f"{digits}@{PHONE_SERVER}", digits
@@ -314,13 +341,25 @@ def _our_id(conn: sqlite3.Connection, tenant_id: str, session_id: str, wa_id: st
     return "" if row is None else str(row["id"])
 
 
-def _contact(conn: sqlite3.Connection, tenant_id: str, *, phone: str, jid: str, lid: str,
-             push_name: str, now: str) -> str | None:
+def _contact(batch: IngestBatch, *, phone: str, jid: str, lid: str, push_name: str, now: str
+             ) -> str | None:
     """Find the person by phone, JID or LID and fill in what is new; create them if unknown.
+    The same person again in the same write is already up to date.
 
     Contacts created here are not counted against the plan's contact limit: a message that
     arrived must be stored whatever the plan says.
     """
+    key = (phone, jid, lid, push_name)
+    if key in batch.contacts:
+        return batch.contacts[key]
+    found = _resolve_contact(batch.conn, batch.tenant_id, phone=phone, jid=jid, lid=lid,
+                             push_name=push_name, now=now)
+    batch.contacts[key] = found
+    return found
+
+
+def _resolve_contact(conn: sqlite3.Connection, tenant_id: str, *, phone: str, jid: str,
+                     lid: str, push_name: str, now: str) -> str | None:
     phone_jid = jid if jid.endswith("@" + PHONE_SERVER) else ""
     if lid and not lid.endswith("@" + LID_SERVER):
         lid = ""

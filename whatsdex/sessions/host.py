@@ -107,6 +107,7 @@ class _Host:
         self._connected = False
         self._ack_seq = 0
         self._waiters: dict[int, asyncio.Future[None]] = {}
+        self._outgoing: list[bytes] = []
         self._commands: set[asyncio.Task[None]] = set()
         self._stop_reason: asyncio.Future[str] = self.loop.create_future()
         self._shutdown_reqs: list[int] = []
@@ -151,11 +152,22 @@ class _Host:
     # -- writing -------------------------------------------------------------------------------
 
     def _write(self, frame: bytes) -> None:
-        """The only writer: whole frames, on the loop thread, so frames never interleave."""
-        if self._connected and self._writer is not None and not self._writer.is_closing():
-            self._writer.write(frame)
+        """The only writer: whole frames, on the loop thread, so frames never interleave.
+
+        Frames written in one turn of the loop leave together in one send (an engine offering
+        a backlog emits hundreds of messages at once)."""
+        if not self._outgoing:
+            self.loop.call_soon(self._flush)
+        self._outgoing.append(frame)
+
+    def _flush(self) -> None:
+        frames, self._outgoing = self._outgoing, []
+        if (frames and self._connected and self._writer is not None
+                and not self._writer.is_closing()):
+            self._writer.write(b"".join(frames))
 
     async def _drain(self) -> None:
+        self._flush()
         if self._writer is None:
             return
         # A lost connection is seen by the reader too, which stops the host.

@@ -14,7 +14,7 @@ import random
 import socket
 import time
 import zlib
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from pathlib import Path
 
 import msgspec
@@ -230,10 +230,13 @@ class EngineHost:
         finally:
             self._pending.pop(req, None)
 
-    def send_ack(self, ack: int) -> None:
-        """Tell the host the event with this ack number is committed (dropped if it is gone)."""
+    def send_acks(self, acks: Iterable[int]) -> None:
+        """Tell the host the events with these ack numbers are committed, in one send (dropped
+        if it is gone)."""
         if self._gone is None and self._writer is not None and not self._writer.is_closing():
-            self._writer.write(protocol.encode(protocol.Ack(ack=ack)))
+            frames = b"".join(protocol.encode(protocol.Ack(ack=ack)) for ack in acks)
+            if frames:
+                self._writer.write(frames)
 
     async def _read_loop(self) -> None:
         assert self._reader is not None

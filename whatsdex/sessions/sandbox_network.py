@@ -327,12 +327,15 @@ class NetworkRecord:
 
         return await self._call(read)
 
-    def ack_inbound(self, row_id: int, our_jid: str, their_jid: str, now_ms: int) -> None:
-        """The number committed this message; not awaited (a lost ack means one redelivery)."""
+    def ack_inbound(self, committed: list[tuple[int, str]], our_jid: str, now_ms: int) -> None:
+        """The number committed these messages (row id, sender); not awaited (a lost ack means
+        one redelivery)."""
 
         def write(conn: sqlite3.Connection) -> None:
-            conn.execute("UPDATE inbound SET acked_at = ? WHERE id = ?", (now_ms, row_id))
-            _meet(conn, our_jid, their_jid, now_ms)
+            conn.executemany("UPDATE inbound SET acked_at = ? WHERE id = ?",
+                             [(now_ms, row_id) for row_id, _ in committed])
+            for their_jid in dict.fromkeys(sender for _, sender in committed):
+                _meet(conn, our_jid, their_jid, now_ms)
 
         self._submit(write)
 

@@ -13,7 +13,7 @@ import contextlib
 import logging
 import random
 import sqlite3
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -55,9 +55,11 @@ STUCK_CONNECTING = 180.0  # no event at all this long while connecting: restart 
 WATCHDOG_PERIOD = 15.0
 SNAPSHOT_PERIOD = 3.0
 
-MessageHandler = Callable[
-    [str, protocol.InboundMessage | protocol.ReceiptEvent], Awaitable[None]
-]
+MessageEvent = protocol.InboundMessage | protocol.ReceiptEvent
+# Commits one number's events, in order, in one write; they are acked once it returns.
+MessageHandler = Callable[[str, Sequence[MessageEvent]], Awaitable[None]]
+# At most this many of one number's waiting events commit together.
+INGEST_BATCH = 500
 
 
 @dataclass
@@ -80,9 +82,11 @@ class Live:
     last_event_at: float = 0.0
     keepalive_lost_at: float | None = None
     lock: asyncio.Lock = field(default_factory=asyncio.Lock)
-    # Messages of one number commit in arrival order; numbers commit concurrently, so the
-    # store's writer groups many of them into one transaction.
-    message_lock: asyncio.Lock = field(default_factory=asyncio.Lock)
+    # Messages of one number commit in arrival order, those that arrived while the previous
+    # commit ran together in one write; numbers commit concurrently (the store's writer groups
+    # them into shared transactions).
+    inbound: list[tuple[EngineHost, MessageEvent]] = field(default_factory=list)
+    draining: bool = False
 
 
 class Supervisor:
@@ -311,11 +315,14 @@ class Supervisor:
         if isinstance(event, protocol.InboundMessage | protocol.ReceiptEvent):
             live = self.live.get(event.session)
             if live is None:
-                await self._on_message(host, event)
-            else:
+                await self._commit_events(None, [(host, event)])
+                return
+            live.last_event_at = self.clock()
+            live.inbound.append((host, event))
+            if not live.draining:
                 # Not awaited here: the host's reader moves on to other numbers' events.
-                # Tasks take the lock in creation order (asyncio locks are fair).
-                self._spawn(self._on_message_in_order(live, host, event), live)
+                live.draining = True
+                self._spawn(self._drain_inbound(live), live)
             return
         if isinstance(event, protocol.Log):
             level = getattr(logging, event.level.upper(), logging.INFO)
@@ -331,24 +338,43 @@ class Supervisor:
         # the per-number lock keeps one number's events in order.
         self._spawn(self._handle(live, event), live)
 
-    async def _on_message_in_order(self, live: Live, host: EngineHost,
-                                   event: protocol.InboundMessage | protocol.ReceiptEvent,
-                                   ) -> None:
-        async with live.message_lock:
-            await self._on_message(host, event)
+    async def _drain_inbound(self, live: Live) -> None:
+        """Commit the number's waiting events in arrival order, as many at once as waited."""
+        try:
+            while live.inbound:
+                batch = live.inbound[:INGEST_BATCH]
+                del live.inbound[:INGEST_BATCH]
+                try:
+                    await self._commit_events(live, batch)
+                except Exception:
+                    if len(batch) == 1:
+                        log.exception("session %s: an event could not be stored; it stays "
+                                      "unacknowledged", live.id)
+                        continue
+                    # One event that cannot be stored must not hold back the others: each
+                    # commits (and is acked) on its own; that one stays unacknowledged.
+                    for one in batch:
+                        try:
+                            await self._commit_events(live, [one])
+                        except Exception:
+                            log.exception("session %s: an event could not be stored; it "
+                                          "stays unacknowledged", live.id)
+        finally:
+            live.draining = False
 
-    async def _on_message(self, host: EngineHost,
-                          event: protocol.InboundMessage | protocol.ReceiptEvent) -> None:
-        live = self.live.get(event.session)
-        if live is not None:
-            live.last_event_at = self.clock()
+    async def _commit_events(self, live: Live | None,
+                             batch: Sequence[tuple[EngineHost, MessageEvent]]) -> None:
         if self.message_handler is not None and live is not None:
-            await self.message_handler(live.tenant_id, event)
-        elif event.ack:
-            log.warning("session %s: no message store attached; event acknowledged unrecorded",
-                        event.session)
-        if event.ack:
-            host.send_ack(event.ack)
+            await self.message_handler(live.tenant_id, [event for _, event in batch])
+        else:
+            log.warning("session %s: no message store attached; events acknowledged "
+                        "unrecorded", batch[0][1].session)
+        acks: dict[EngineHost, list[int]] = {}
+        for host, event in batch:
+            if event.ack:
+                acks.setdefault(host, []).append(event.ack)
+        for host, numbers in acks.items():
+            host.send_acks(numbers)
 
     async def _handle(self, live: Live, event: protocol.Event) -> None:
         async with live.lock:

@@ -192,7 +192,7 @@ def set_secrets(conn: sqlite3.Connection, tenant_id: str, webhook_id: str, *, se
 
 
 def enabled_filters(conn: sqlite3.Connection, tenant_id: str) -> list[tuple[str, list[str]]]:
-    """(id, event filters) of the tenant's enabled webhooks: one indexed read per event."""
+    """(id, event filters) of the tenant's enabled webhooks: one indexed read."""
     rows = conn.execute(
         "SELECT id, events FROM webhooks WHERE tenant_id = ? AND enabled = 1", (tenant_id,)
     ).fetchall()

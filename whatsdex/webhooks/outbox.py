@@ -7,10 +7,11 @@ The dispatcher polls for new rows; callers may also `wake()` it after their comm
 
 from __future__ import annotations
 
-import json
 import re
 import sqlite3
 from typing import Any
+
+import msgspec
 
 from whatsdex.errors import BadRequest
 from whatsdex.store import webhooks as rows
@@ -34,6 +35,7 @@ EVENT_TYPES = (
 )
 TEST_EVENT = "webhook.test"
 MAX_FILTERS = 50
+_encoder = msgspec.json.Encoder()  # compact UTF-8 JSON, as json.dumps(separators=(",", ":"))
 _TYPE = re.compile(r"^([a-z][a-z0-9_]*)\.([a-z][a-z0-9_.]*[a-z0-9_]|\*)$")
 
 
@@ -71,26 +73,47 @@ def clean_filters(events: list[str], field: str = "events") -> list[str]:
 
 def envelope(event_type: str, data: dict[str, Any], now: str) -> str:
     """The exact body every delivery of the event sends (and signs)."""
-    return json.dumps({"type": event_type, "timestamp": now, "data": data},
-                      ensure_ascii=False, separators=(",", ":"))
+    return _encoder.encode({"type": event_type, "timestamp": now, "data": data}).decode()
 
 
 def new_event_id() -> str:
     return new_id("msg")
 
 
+class Subscriptions:
+    """A tenant's enabled webhooks and their filters, read once for all the events one write
+    enqueues (nothing in that write changes them)."""
+
+    def __init__(self, conn: sqlite3.Connection, tenant_id: str) -> None:
+        self._conn = conn
+        self.tenant_id = tenant_id
+        self._filters: list[tuple[str, list[str]]] | None = None
+        self._by_type: dict[str, list[str]] = {}
+
+    def targets(self, event_type: str) -> list[str]:
+        found = self._by_type.get(event_type)
+        if found is None:
+            if self._filters is None:
+                self._filters = rows.enabled_filters(self._conn, self.tenant_id)
+            found = [webhook_id for webhook_id, filters in self._filters
+                     if matches(filters, event_type)]
+            self._by_type[event_type] = found
+        return found
+
+
 def enqueue(conn: sqlite3.Connection, tenant_id: str, event_type: str, data: dict[str, Any], *,
-            now: str) -> int:
+            now: str, targets: Subscriptions | None = None) -> int:
     """One delivery per enabled webhook of the tenant whose filter takes `event_type`, all with
     the same event id (`webhook-id`). Returns how many were queued. Call inside a write."""
-    targets = [webhook_id for webhook_id, filters in rows.enabled_filters(conn, tenant_id)
-               if matches(filters, event_type)]
-    if not targets:
+    if targets is None or targets.tenant_id != tenant_id:
+        targets = Subscriptions(conn, tenant_id)
+    webhook_ids = targets.targets(event_type)
+    if not webhook_ids:
         return 0
-    rows.insert_deliveries(conn, tenant_id, targets, event_id=new_event_id(),
+    rows.insert_deliveries(conn, tenant_id, webhook_ids, event_id=new_event_id(),
                            event_type=event_type, payload=envelope(event_type, data, now),
                            now=now)
-    return len(targets)
+    return len(webhook_ids)
 
 
 def enqueue_test(conn: sqlite3.Connection, tenant_id: str, webhook_id: str, *, now: str) -> int:

@@ -528,22 +528,46 @@ class SandboxEngine(Engine):
                 if s.pump_again:
                     continue
                 return
+            # Offered all at once, as WhatsApp hands a reconnecting client its backlog: the
+            # supervisor commits what arrived together in one write and acks each message.
+            events = []
             for message in batch:
-                if not (self._current(s) and s.state == "connected"):
-                    return
                 self._ratchet(s, message.sender_jid)
                 person = protocol.Person(jid=message.sender_jid, lid=message.sender_lid,
                                          phone=message.sender_jid.partition("@")[0])
-                await self.sink.emit_committed(protocol.InboundMessage(
+                events.append(protocol.InboundMessage(
                     session=s.id, wa_id=message.wa_id, chat=person, sender=person,
                     timestamp_ms=message.timestamp_ms, push_name=message.push_name,
                     kind="text", text=message.text,
                 ))
-                cursor = message.id
-                self.record.ack_inbound(message.id, s.jid, message.sender_jid, _now_ms())
-                waiter = s.waiters.pop(message.wa_id, None)
-                if waiter is not None and not waiter.done():
-                    waiter.set_result(None)
+            offered = {asyncio.ensure_future(self.sink.emit_committed(event)): message
+                       for event, message in zip(events, batch, strict=True)}
+            try:
+                while offered:
+                    # Confirmed as the acks come (usually all at once); one the number never
+                    # acknowledges stays unconfirmed, as WhatsApp would offer it again.
+                    done, _ = await asyncio.wait(offered, return_when=asyncio.FIRST_COMPLETED)
+                    finished = [(offered.pop(task), task) for task in done]
+                    self._confirm(s, [message for message, task in finished
+                                      if not task.cancelled() and task.exception() is None])
+                    for _, task in finished:  # the rest stay unconfirmed: offered on reconnect
+                        if task.cancelled():
+                            raise asyncio.CancelledError("the supervisor is gone")
+                        if (failure := task.exception()) is not None:
+                            raise failure
+            finally:
+                for task in offered:
+                    task.cancel()
+            cursor = batch[-1].id
+
+    def _confirm(self, s: _Session, committed: list[Inbound]) -> None:
+        if not committed:
+            return
+        self.record.ack_inbound([(m.id, m.sender_jid) for m in committed], s.jid, _now_ms())
+        for message in committed:
+            waiter = s.waiters.pop(message.wa_id, None)
+            if waiter is not None and not waiter.done():
+                waiter.set_result(None)
 
     def _next_ts(self, s: _Session) -> int:
         s.last_ts = max(_now_ms(), s.last_ts + 1)
