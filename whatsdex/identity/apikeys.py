@@ -72,14 +72,14 @@ async def authenticate(db: Store, secret: str, *, now: float) -> Principal:
     """The identity behind a bearer key, or 401 (unknown, revoked) / 403 (tenant suspended)."""
     if not secret.startswith(API_KEY_PREFIX) or len(secret) > 200:
         raise Unauthorized("Invalid API key")
-    key = await apikeys.find_by_hash(db, sha256_hex(secret))
-    if key is None or key.revoked_at is not None:
+    found = await apikeys.find_by_hash(db, sha256_hex(secret))
+    if found is None or found[0].revoked_at is not None:
         raise Unauthorized("Invalid API key")
+    key, tenant_status = found
     if key.tenant_id is not None:
-        tenant = await tenants.get_tenant(db, key.tenant_id)
-        if tenant is None:
+        if tenant_status is None:
             raise Unauthorized("Invalid API key")
-        if tenant.status != "active":
+        if tenant_status != "active":
             raise Forbidden(SUSPENDED)
     if key.last_used_at is None or key.last_used_at <= iso(now - TOUCH_INTERVAL):
         stamp = iso(now)

@@ -18,9 +18,14 @@ def insert_key(conn: sqlite3.Connection, key: ApiKey, key_hash: str) -> None:
     )
 
 
-async def find_by_hash(db: Store, key_hash: str) -> ApiKey | None:
-    row = await db.fetchone(f"SELECT {_COLS} FROM api_keys WHERE key_hash = ?", (key_hash,))
-    return from_row(ApiKey, row)
+async def find_by_hash(db: Store, key_hash: str) -> tuple[ApiKey, str | None] | None:
+    """The key and its tenant's status (None for an operator key or a tenant that is gone),
+    in one read: every API request asks."""
+    row = await db.fetchone(
+        f"SELECT {columns(ApiKey, 'k')}, t.status AS tenant_status FROM api_keys k "
+        "LEFT JOIN tenants t ON t.id = k.tenant_id WHERE k.key_hash = ?", (key_hash,))
+    key = from_row(ApiKey, row)
+    return None if key is None or row is None else (key, row["tenant_status"])
 
 
 async def list_keys(db: Store, tenant_id: str | None) -> list[ApiKey]:
