@@ -43,9 +43,9 @@ BUDGET = 150.0
 SMOKE_BUDGET = 45.0
 TARGET = 5_000.0
 BASELINE_BATCH = 1_000
-NUMBERS = 8
-SENDERS = 10
-CALL = 25  # messages per sandbox inbound call: the call answers once all are committed
+NUMBERS = 16
+SENDERS = 5
+CALL = 200  # messages per sandbox inbound call: the call answers once all are committed
 # Tables the copied rows point at, copied first so that foreign keys hold.
 PARENTS = ("plans", "tenants", "wa_sessions", "contacts", "chats", "webhooks")
 
