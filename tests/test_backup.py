@@ -24,6 +24,7 @@ from whatsdex.cli import backup as cli_backup
 from whatsdex.errors import Conflict, DatabaseTooNew, WhatsdexError
 from whatsdex.settings import Settings
 from whatsdex.store import Store, migrations
+from whatsdex.store import backup as store_backup
 from whatsdex.store.lock import DataDirLock
 
 
@@ -473,3 +474,18 @@ def test_cli_errors_are_one_line(
     assert result.stderr.splitlines() == [
         f"error: {existing} already exists; choose a new file name or a directory"
     ]
+
+
+@pytest.mark.parametrize("quick", [True, False], ids=["quick_check", "integrity_check"])
+def test_both_checks_find_a_broken_page(good_backup: backups.BackupInfo, tmp_path: Path,
+                                        quick: bool) -> None:
+    """Backups are checked with quick_check, restores with the full check: both see a page
+    that is not what its b-tree says."""
+    assert store_backup.integrity_problems(good_backup.path, quick=quick) == []
+    broken = tmp_path / "broken.db"
+    _corrupt_page(good_backup.path, broken)
+    try:
+        problems = store_backup.integrity_problems(broken, quick=quick)
+    except sqlite3.DatabaseError as exc:  # so broken that the check itself cannot run
+        problems = [str(exc)]
+    assert problems

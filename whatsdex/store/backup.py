@@ -146,11 +146,15 @@ def check_not_newer(path: Path, display: Path) -> None:
         conn.close()
 
 
-def integrity_problems(path: Path) -> list[str]:
-    """`PRAGMA integrity_check` on a file: an empty list means it is sound."""
+def integrity_problems(path: Path, *, quick: bool = False) -> list[str]:
+    """`PRAGMA integrity_check` on a file: an empty list means it is sound.
+
+    `quick`: `quick_check`, every page and record but not whether each index matches its
+    table (linear instead of N log N: a quarter of the time on a 1 GB file)."""
     conn = connection.open_readonly(path)
     try:
-        rows = [str(row[0]) for row in conn.execute("PRAGMA integrity_check(20)")]
+        pragma = "quick_check" if quick else "integrity_check"
+        rows = [str(row[0]) for row in conn.execute(f"PRAGMA {pragma}(20)")]
     finally:
         conn.close()
     return [] if rows == ["ok"] else rows
