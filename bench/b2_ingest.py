@@ -229,9 +229,11 @@ def run(mode: Mode, work: Path, out: Outcome) -> None:
              f"rows (full-text index by the schema's trigger) inserted with executemany, "
              f"{BASELINE_BATCH} per transaction, into a fresh file with the same schema and "
              "pragmas.")
-    out.note("The engine host also records each message in the simulated network's own "
-             "SQLite file and waits for each commit before offering the next message of that "
-             "number (the real engine's ack discipline); that cost is part of the figure.")
+    out.note(f"Each contact posts {CALL} messages per sandbox call and waits for all of them "
+             "to be committed. The engine host records each message in the simulated "
+             "network's own SQLite file, offers a number's waiting messages at once and marks "
+             "each confirmed only when the server acked it after its commit (the real "
+             "engine's ack discipline); that cost is part of the figure.")
     out.note("CPU during the flood (cores busy): " + ", ".join(
         f"{name} {used / seconds:.2f}" for name, used in split.items()) + ".")
     for line in sampler.summary:
