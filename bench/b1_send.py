@@ -58,10 +58,9 @@ def bare_requests() -> list[dict[str, Any]]:
     return send_requests(["ses_bare"], "wdx_bare", "bare")
 
 
-def start_bare(work: Path, env: dict[str, str], nodelay: bool = False) -> Server:
-    extra = ["--nodelay"] if nodelay else []
-    return Server([sys.executable, "-m", "bench.baseline", "bare", *extra], env,
-                  work / f"bare{'-nodelay' if nodelay else ''}.log", "bare Litestar")
+def start_bare(work: Path, env: dict[str, str]) -> Server:
+    return Server([sys.executable, "-m", "bench.baseline", "bare"], env, work / "bare.log",
+                  "bare Litestar")
 
 
 def start_null(work: Path, env: dict[str, str]) -> Server:
@@ -116,20 +115,12 @@ def run(mode: Mode, work: Path, out: Outcome) -> None:
             {**spec, "duration": 4.0, "client": "httpx", "base": null.url,
              "requests": bare_requests()}, work, "ceiling-httpx")
     bare = start_bare(work, env)
-    one: dict[str, dict[str, Any]] = {}
     with running(bare):
         cpu = bare.cpu()
         base = load.drive({**spec, "base": bare.url, "requests": bare_requests()}, work, "bare")
         bare_cpu = (bare.cpu() - cpu) / max(1, base["requests"])
-        one["as served"] = load.drive({**spec, "concurrency": 1, "duration": min(duration, 3.0),
-                                       "base": bare.url, "requests": bare_requests()}, work,
-                                      "bare-one")
-    # The same bare endpoint on a socket that gives each connection TCP_NODELAY.
-    nodelay = start_bare(work, env, nodelay=True)
-    with running(nodelay):
-        one["nodelay"] = load.drive({**spec, "concurrency": 1, "duration": min(duration, 3.0),
-                                     "base": nodelay.url, "requests": bare_requests()}, work,
-                                    "bare-one-nodelay")
+        one = load.drive({**spec, "concurrency": 1, "duration": min(duration, 3.0),
+                          "base": bare.url, "requests": bare_requests()}, work, "bare-one")
 
     server, ws, sessions = linked_server(work, env, mode.pick(4, 2))
     with running(server):
@@ -157,9 +148,7 @@ def run(mode: Mode, work: Path, out: Outcome) -> None:
             met=api["p99"] < P99_TARGET)
     out.add("Server CPU per accepted send (web + engine host)", ms(api_cpu),
             baseline=f"{ms(bare_cpu)} bare")
-    out.add("Bare endpoint, one connection, socket bound as `whatsdex serve` binds it: p50",
-            ms(one["as served"]["p50"]),
-            baseline=f"{ms(one['nodelay']['p50'])} with TCP_NODELAY")
+    out.add("Bare endpoint, one connection: p50", ms(one["p50"]))
     bad = {k: v for k, v in api["statuses"].items() if not k.startswith("2")}
     out.note(f"Answers: {api['statuses']}; generator errors: {api['errors'] or 'none'}"
              + (f" — non-2xx answers: {bad}" if bad else "") + ".")
@@ -178,11 +167,8 @@ def run(mode: Mode, work: Path, out: Outcome) -> None:
                  "figure above), so the raw asyncio client drives every load.")
     out.note("CPU during the send load (cores busy): " + ", ".join(
         f"{name} {used / elapsed:.2f}" for name, used in split.items()) + ".")
-    out.note("`whatsdex serve` binds its listening socket with protocol 0, so asyncio does not "
-             "set TCP_NODELAY on the connections it accepts (it does so only for IPPROTO_TCP "
-             "sockets); uvicorn writes a response's head and body separately, and the body "
-             "then waits for the client's delayed ACK (~40 ms). The one-connection line above "
-             "shows it on the bare endpoint; every figure served by `whatsdex serve` (and the "
-             "bare baseline, bound the same way) carries it.")
+    out.note("The bare endpoint is bound as `whatsdex serve` binds (IPPROTO_TCP, so asyncio "
+             "gives each connection TCP_NODELAY; without it a response's body waits ~40 ms for "
+             "the client's delayed ACK).")
     for line in sampler.summary:
         out.note(f"Profile of the server under the send load — {line}")

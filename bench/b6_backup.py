@@ -151,11 +151,11 @@ def run(mode: Mode, work: Path, out: Outcome) -> None:
                 target="< 250 ms", met=s_worst < LATENCY_TARGET)
     out.note(f"Send load during the whole benchmark: {summary['ok_rps']:.0f} accepted/s, "
              f"p99 {ms(summary['p99'])}, answers {summary['statuses']}. The backup copies with "
-             "SQLite's backup API, checks the copy (integrity_check) and hashes it (sha256) "
+             "SQLite's backup API, checks the copy (quick_check) and hashes it (sha256) "
              "before it is kept.")
     copying, verifying = stages.get("copying"), stages.get("verifying")
     if copying is not None and verifying is not None:
         out.note(f"`whatsdex backup` stages: Python start and lock {copying - started:.1f}s, "
-                 f"copy (backup API) {verifying - copying:.1f}s, integrity check and sha256 "
+                 f"copy (backup API) {verifying - copying:.1f}s, quick_check and sha256 "
                  f"{stages.get('verified', cli_end) - verifying:.1f}s, the rest "
                  f"{cli_end - stages.get('verified', cli_end):.1f}s.")

@@ -28,11 +28,10 @@ from litestar.params import FromPath, JSONBody
 READY_LINE = "bench server ready: http://127.0.0.1:{port}/"
 
 
-def _bind(port: int, nodelay: bool = False) -> socket.socket:
-    """Like `whatsdex serve` binds (protocol 0). asyncio sets TCP_NODELAY on accepted
-    connections only when the listening socket says IPPROTO_TCP: `nodelay` does that."""
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM,
-                         socket.IPPROTO_TCP if nodelay else 0)
+def _bind(port: int) -> socket.socket:
+    """As `whatsdex serve` binds: IPPROTO_TCP, so that asyncio sets TCP_NODELAY on the
+    connections it accepts (it does so only for sockets that say IPPROTO_TCP)."""
+    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM, socket.IPPROTO_TCP)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     sock.bind(("127.0.0.1", port))
     sock.listen(2048)
@@ -67,7 +66,7 @@ def bare_app() -> Litestar:
                     openapi_config=None)
 
 
-def serve_bare(port: int, nodelay: bool = False) -> None:
+def serve_bare(port: int) -> None:
     """Like `whatsdex serve`: same uvicorn options, a pre-bound socket, `Server.run`."""
     import uvicorn
 
@@ -78,7 +77,7 @@ def serve_bare(port: int, nodelay: bool = False) -> None:
                 print(READY_LINE.format(port=sock.getsockname()[1]), file=sys.stderr,
                       flush=True)
 
-    sock = _bind(port, nodelay)
+    sock = _bind(port)
     config = uvicorn.Config(bare_app(), log_config=None, lifespan="on", proxy_headers=True,
                             server_header=False, timeout_graceful_shutdown=10)
     Announcing(config).run(sockets=[sock])
@@ -125,11 +124,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m bench.baseline")
     parser.add_argument("kind", choices=("bare", "null"))
     parser.add_argument("--port", type=int, default=0)
-    parser.add_argument("--nodelay", action="store_true",
-                        help="bare: a listening socket that gives connections TCP_NODELAY")
     args = parser.parse_args()
     if args.kind == "bare":
-        serve_bare(args.port, args.nodelay)
+        serve_bare(args.port)
     else:
         asyncio.run(_null(args.port))
 
