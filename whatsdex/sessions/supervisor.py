@@ -344,21 +344,20 @@ class Supervisor:
             while live.inbound:
                 batch = live.inbound[:INGEST_BATCH]
                 del live.inbound[:INGEST_BATCH]
-                try:
-                    await self._commit_events(live, batch)
-                except Exception:
-                    if len(batch) == 1:
+                if len(batch) > 1:
+                    try:
+                        await self._commit_events(live, batch)
+                        continue
+                    except Exception as exc:
+                        # One event that cannot be stored must not hold back the others.
+                        log.warning("session %s: %d events could not be stored together "
+                                    "(%s); storing them one by one", live.id, len(batch), exc)
+                for one in batch:  # each commits (and is acked) on its own
+                    try:
+                        await self._commit_events(live, [one])
+                    except Exception:
                         log.exception("session %s: an event could not be stored; it stays "
                                       "unacknowledged", live.id)
-                        continue
-                    # One event that cannot be stored must not hold back the others: each
-                    # commits (and is acked) on its own; that one stays unacknowledged.
-                    for one in batch:
-                        try:
-                            await self._commit_events(live, [one])
-                        except Exception:
-                            log.exception("session %s: an event could not be stored; it "
-                                          "stays unacknowledged", live.id)
         finally:
             live.draining = False
 

@@ -24,8 +24,9 @@ async def find_by_hash(db: Store, key_hash: str) -> tuple[ApiKey, str | None] | 
     row = await db.fetchone(
         f"SELECT {columns(ApiKey, 'k')}, t.status AS tenant_status FROM api_keys k "
         "LEFT JOIN tenants t ON t.id = k.tenant_id WHERE k.key_hash = ?", (key_hash,))
-    key = from_row(ApiKey, row)
-    return None if key is None or row is None else (key, row["tenant_status"])
+    if row is None:
+        return None
+    return from_rows(ApiKey, [row])[0], row["tenant_status"]
 
 
 async def list_keys(db: Store, tenant_id: str | None) -> list[ApiKey]:
